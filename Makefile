@@ -1,0 +1,51 @@
+# One entry point for set-up, tests, the demo and the benchmark. Every target installs what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_IN_AUTOMATION := 1
+export CHECKPOINT_DISABLE := 1
+
+QUICK ?=
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtualenv and install everything
+
+.PHONY: services
+services: ## Start Redis on loopback unless one answers
+	@scripts/ensure-redis.sh
+
+.PHONY: lint
+lint: venv ## ruff and mypy (strict on the package)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: test
+test: venv services lint ## Everything CI runs: lint, types, pytest (real Redis, Celery, terraform, moto)
+	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: venv services ## The scaler against local Redis and moto (QUICK=1 for the short run)
+	$(PY) -m celery_autoscaler.demo $(if $(QUICK),--quick,)
+
+.PHONY: fmt
+fmt: venv ## Format Python and Terraform
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	terraform fmt -recursive

@@ -1,0 +1,70 @@
+"""What the probe reads from the broker and ECS, as plain values the policy can decide on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueMeasurement:
+    """One Celery queue at one instant.
+
+    ``waiting`` sums the queue list and its priority sub-lists. ``unacked`` is the number of
+    reserved/unacked messages attributed to this queue (ETA messages not yet due excluded), or
+    ``None`` when attribution was skipped this tick (lower cadence, or above the scan cap).
+    ``oldest_age_s`` is now minus the earliest publish time among the sub-lists' oldest messages,
+    or ``None`` when the queue is empty or no age could be known.
+    """
+
+    waiting: int
+    unacked: int | None
+    oldest_age_s: float | None
+
+
+@dataclass(frozen=True)
+class BrokerMeasurements:
+    """Every configured queue read in one round trip, plus the broker-wide unacked count."""
+
+    queues: dict[str, QueueMeasurement]
+    unacked_total: int
+    measured_at: float
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """The broker-side load of one pool's queues, summed.
+
+    ``in_flight`` is ``None`` when per-queue attribution of unacked messages is unknown this tick.
+    """
+
+    waiting: int
+    in_flight: int | None
+    unacked_total: int
+    oldest_age_s: float | None
+    measured_at: float
+
+
+@dataclass(frozen=True)
+class PoolMeasurements:
+    """What ``decide`` sees for one pool: ECS's current counts and the load, if it could be read.
+
+    ``load`` is ``None`` when the broker could not be read this tick; the policy then holds.
+    """
+
+    current_desired: int
+    running: int
+    load: PoolLoad | None
+
+
+def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
+    """Sum a pool's queues: waiting adds up, in-flight is known only if every queue's is, age is the max."""
+    parts = [broker.queues[q] for q in queues]
+    unacked = [p.unacked for p in parts]
+    ages = [p.oldest_age_s for p in parts if p.oldest_age_s is not None]
+    return PoolLoad(
+        waiting=sum(p.waiting for p in parts),
+        in_flight=None if any(u is None for u in unacked) else sum(u for u in unacked if u is not None),
+        unacked_total=broker.unacked_total,
+        oldest_age_s=max(ages) if ages else None,
+        measured_at=broker.measured_at,
+    )

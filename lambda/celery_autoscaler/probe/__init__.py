@@ -1,0 +1,20 @@
+"""Broker probes: read every configured queue's load in one round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from celery_autoscaler.measurements import BrokerMeasurements
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be read this tick; the policy holds instead of scaling in."""
+
+
+class Probe(Protocol):
+    """Anything that can measure queues: Redis now, RabbitMQ later, the simulator's fake broker."""
+
+    def measure(self, queues: Sequence[str]) -> BrokerMeasurements:
+        """Measure ``queues`` now; raise :class:`BrokerUnavailable` when the broker cannot be read."""
+        ...
