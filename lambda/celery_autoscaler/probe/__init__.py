@@ -8,7 +8,7 @@ from typing import Protocol
 from celery_autoscaler.measurements import BrokerMeasurements
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailableError(Exception):
     """The broker could not be read this tick; the policy holds instead of scaling in."""
 
 
@@ -16,5 +16,5 @@ class Probe(Protocol):
     """Anything that can measure queues: Redis now, RabbitMQ later, the simulator's fake broker."""
 
     def measure(self, queues: Sequence[str]) -> BrokerMeasurements:
-        """Measure ``queues`` now; raise :class:`BrokerUnavailable` when the broker cannot be read."""
+        """Measure ``queues`` now; raise :class:`BrokerUnavailableError` when the broker cannot be read."""
         ...
