@@ -92,8 +92,9 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         and load.oldest_age_s is not None
         and load.oldest_age_s > pool.target_latency_s
     )
-    if late and measurements.running >= current:
-        raw = max(raw, current + 1)
+    if late:
+        # Still late once every worker asked for runs: add one. Still starting: hold, do not pile on.
+        raw = max(raw, current + 1 if measurements.running >= current else current)
     raw = _clamp(raw, pool)
 
     window = [(t, r) for t, r in state.recommendations if now - t < pool.scale_in_window_s]

@@ -1,0 +1,91 @@
+"""Config validation: a bad value fails at start with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from celery_autoscaler.config import DEFAULT_PRIORITY_SEP, ConfigError, load_config, parse_config
+
+VALID: dict[str, Any] = {
+    "broker": {"url": "rediss://scaler:secret@redis.internal:6379/2", "key_prefix": "app:"},
+    "cluster": "celery",
+    "state_table": "celery-autoscaler-state",
+    "pools": {
+        "default": {"service": "workers", "queues": ["celery", "emails"], "concurrency": 4, "max_workers": 20},
+        "reports": {"service": "reports", "queues": ["reports"], "target_latency_s": 30, "min_workers": 1},
+    },
+}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    target = raw
+    for key in parents:
+        target = target[key]
+    target[leaf] = value
+    return raw
+
+
+def test_valid_document_parses_with_defaults() -> None:
+    config = parse_config(VALID)
+    assert config.broker.priority_sep == DEFAULT_PRIORITY_SEP
+    assert config.queues == ("celery", "emails", "reports")
+    default, reports = config.pools
+    assert default.tasks_per_worker == 4
+    assert reports.min_workers == 1
+    assert reports.target_latency_s == 30
+    assert config.tick_interval_s == 15
+    assert config.ticks_per_invocation == 4
+
+
+def test_null_means_default() -> None:
+    raw = with_change("pools.default.target_latency_s", None)
+    assert parse_config(raw).pools[0].target_latency_s is None
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("pools.default.max_workers", 0, "pools.default.max_workers"),
+        ("pools.reports.min_workers", 50, "pools.reports.min_workers"),
+        ("pools.default.concurrency", "4", "pools.default.concurrency"),
+        ("pools.default.concurrency", True, "pools.default.concurrency"),
+        ("pools.default.queues", [], "pools.default.queues"),
+        ("pools.default.queues", ["celery", "celery"], "pools.default.queues"),
+        ("pools.default.queues", ["celery", ""], "pools.default.queues[1]"),
+        ("pools.reports.queues", ["emails"], "pools.reports.queues"),
+        ("pools.default.target_utilisation", 1.5, "pools.default.target_utilisation"),
+        ("pools.default.fallback_count", 99, "pools.default.fallback_count"),
+        ("pools.default.scale_in_windw_s", 10, "pools.default.scale_in_windw_s"),
+        ("pools.default.service", "", "pools.default.service"),
+        ("broker.url", "amqp://guest@localhost//", "broker.url"),
+        ("broker.url_secret_arn", "arn:aws:secretsmanager:eu-west-1:1:secret:x", "broker.url"),
+        ("broker.priority_sep", "", "broker.priority_sep"),
+        ("tick_interval_s", 0, "tick_interval_s"),
+        ("ticks_per_invocation", 0, "ticks_per_invocation"),
+        ("cluster", "", "cluster"),
+        ("pools", {}, "pools"),
+    ],
+)
+def test_bad_value_names_the_field(path: str, value: Any, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(with_change(path, value))
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_secret_arn_instead_of_url() -> None:
+    raw = copy.deepcopy(VALID)
+    raw["broker"] = {"url_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:broker-AbCdEf"}
+    assert parse_config(raw).broker.url is None
+
+
+def test_invalid_json_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^\(root\): not valid JSON"):
+        load_config("{pools:")
+    assert load_config(json.dumps(VALID)).cluster == "celery"
