@@ -49,3 +49,7 @@ fmt: venv ## Format Python and Terraform
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 	terraform fmt -recursive
+
+.PHONY: lambda-zip
+lambda-zip: ## Rebuild the committed, reproducible Lambda zip (lambda/dist); commit the result
+	$(PYTHON) lambda/build_zip.py
