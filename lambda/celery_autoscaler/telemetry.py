@@ -1,0 +1,149 @@
+"""What a tick saw and did, as JSON log lines and CloudWatch EMF metrics on one stream.
+
+Telemetry observes, never decides: nothing here feeds back into the policy. In Lambda, stdout goes
+to CloudWatch Logs, where a JSON line with an ``_aws`` block becomes metrics (Embedded Metric
+Format) without any PutMetricData call, and every other line stays searchable with Logs Insights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from celery_autoscaler.tick import PoolOutcome
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, message, and every ``extra`` field as is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def _number(value: float | int | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def emf_document(
+    namespace: str, dimensions: dict[str, str], metrics: dict[str, tuple[float | int | None, str]], timestamp: float
+) -> dict[str, Any] | None:
+    """An EMF object for ``metrics`` (name -> (value, unit)); unknown (None) values are left out."""
+    known = {name: (value, unit) for name, (value, unit) in metrics.items() if _number(value)}
+    if not known:
+        return None
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(timestamp * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": namespace,
+                    "Dimensions": [list(dimensions)],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, (_, unit) in known.items()],
+                }
+            ],
+        },
+        **dimensions,
+    }
+    document.update({name: value for name, (value, _) in known.items()})
+    return document
+
+
+class Telemetry:
+    """Writes the tick's log lines and EMF documents to ``stream`` (stdout unless a test injects one)."""
+
+    def __init__(self, namespace: str, stream: TextIO | None = None) -> None:
+        self.namespace = namespace
+        self.stream = stream if stream is not None else sys.stdout
+        # A private logger (not in logging's registry): no duplicated handlers, no root-logger formats.
+        self.logger = logging.Logger("celery_autoscaler", logging.INFO)
+        handler = logging.StreamHandler(self.stream)
+        handler.setFormatter(JsonFormatter())
+        self.logger.addHandler(handler)
+
+    def error(self, message: str, **fields: Any) -> None:
+        """An error outside any one pool (config, secrets, a whole-tick failure)."""
+        self.logger.error(message, extra=fields)
+
+    def _emit(self, document: dict[str, Any] | None) -> None:
+        if document is not None:
+            self.stream.write(json.dumps(document, separators=(",", ":")) + "\n")
+            self.stream.flush()
+
+    def pool(self, outcome: PoolOutcome, *, dry_run: bool, now: float) -> None:
+        """One log line and the EMF metrics for one pool at one tick."""
+        m = outcome.measurements
+        load = m.load if m is not None else None
+        decision = outcome.decision
+        line: dict[str, Any] = {
+            "pool": outcome.pool,
+            "service": outcome.service,
+            "measurements": None
+            if m is None
+            else {
+                "current_desired": m.current_desired,
+                "running": m.running,
+                "waiting": load.waiting if load else None,
+                "in_flight": load.in_flight if load else None,
+                "unacked_total": load.unacked_total if load else None,
+                "oldest_age_s": load.oldest_age_s if load else None,
+                "queues": {
+                    name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
+                    for name, q in outcome.queues.items()
+                },
+            },
+            "decision": None if decision is None else {"desired": decision.desired},
+            "reason": decision.reason if decision is not None else None,
+            "acted": outcome.acted,
+            "dry_run": dry_run,
+            "conflict": outcome.conflict,
+            "error": outcome.error,
+            "protected_tasks": outcome.protected_tasks,
+        }
+        level = logging.ERROR if outcome.error else logging.INFO
+        self.logger.log(level, "pool tick", extra=line)
+
+        pool_dims = {"Pool": outcome.pool}
+        self._emit(
+            emf_document(
+                self.namespace,
+                pool_dims,
+                {
+                    "QueueDepth": (load.waiting if load else None, "Count"),
+                    "InFlight": (load.in_flight if load else None, "Count"),
+                    "OldestTaskAgeSeconds": (load.oldest_age_s if load else None, "Seconds"),
+                    "DesiredCount": (decision.desired if decision else (m.current_desired if m else None), "Count"),
+                    "RunningCount": (m.running if m else None, "Count"),
+                    "ScalingActions": (1 if outcome.acted else 0, "Count"),
+                    "ScalerErrors": (1 if outcome.error else 0, "Count"),
+                },
+                now,
+            )
+        )
+        for name, q in outcome.queues.items():
+            self._emit(
+                emf_document(
+                    self.namespace,
+                    {"Pool": outcome.pool, "Queue": name},
+                    {
+                        "QueueDepth": (q.waiting, "Count"),
+                        "InFlight": (q.unacked, "Count"),
+                        "OldestTaskAgeSeconds": (q.oldest_age_s, "Seconds"),
+                    },
+                    now,
+                )
+            )
