@@ -1,0 +1,1 @@
+"""Celery apps that test worker subprocesses import (``celery -A apps.<module>``)."""

@@ -1,0 +1,365 @@
+"""The Redis probe against real Redis, real Celery producers and real prefork workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+
+import pytest
+import redis
+from apps.probe_app import DONE, RELEASE, ROUTED_QUEUES, STARTED, make_app
+from celery_apps import Worker, celery_worker
+from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
+from waiting import wait_until
+
+from celery_autoscaler.config import BrokerConfig
+from celery_autoscaler.probe import BrokerUnavailableError
+from celery_autoscaler.probe.redis import RedisProbe
+
+SEP = "\x06\x16"
+HEADER = "x_published_at"
+
+
+def db_of(client: redis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs["db"])
+
+
+def counting_client(url: str) -> tuple[redis.Redis, list[int]]:
+    """A client that counts what it sends to Redis: one pipeline or one command is one round trip."""
+    sent = [0]
+
+    class CountingConnection(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent[0] += 1
+            super().send_packed_command(command, check_health)
+
+    client = redis.Redis.from_url(url, connection_class=CountingConnection)
+    client.ping()  # the connection's own set-up commands are not part of a measurement
+    sent[0] = 0
+    return client, sent
+
+
+@contextmanager
+def probe_worker(
+    client: redis.Redis, queues: list[str], *, acks_late: bool, concurrency: int = 2, **options: Any
+) -> Iterator[Worker]:
+    """A worker on the test's db with prefetch multiplier 1: it holds exactly ``concurrency`` messages."""
+    env = {
+        "PROBE_APP_BROKER_URL": redis_url_for(db_of(client)),
+        "PROBE_APP_ACKS_LATE": "1" if acks_late else "0",
+        "PROBE_APP_TRANSPORT_OPTIONS": json.dumps(options),
+    }
+    with celery_worker("apps.probe_app", queues, concurrency=concurrency, env=env) as worker:
+        try:
+            yield worker
+        finally:  # a failed test must not leave tasks blocking the worker's warm shutdown
+            client.rpush(RELEASE, *["go"] * 20)
+
+
+def release_all(client: redis.Redis, count: int, queue_key: str = "work", unacked_key: str = "unacked") -> None:
+    """Let every blocking task finish and wait until the broker shows nothing left."""
+    client.rpush(RELEASE, *["go"] * count)
+    wait_until(
+        lambda: client.llen(DONE) == count and client.hlen(unacked_key) == 0 and client.llen(queue_key) == 0,
+        what=f"{count} tasks to finish",
+    )
+
+
+@pytest.mark.redis_db(3)
+def test_default_priority_steps_sum_every_sub_list(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3))
+    for priority in (None, 0, 2, 5, 9):
+        app.tasks["probe.noop"].apply_async(queue="pq", priority=priority)
+
+    # Kombu's default steps [0, 3, 6, 9] map these priorities to three different lists.
+    assert set(redis_db.keys("pq*")) == {b"pq", f"pq{SEP}3".encode(), f"pq{SEP}9".encode()}
+    before = time.time()
+    measured = RedisProbe.from_config(BrokerConfig(), redis_url_for(3)).measure(["pq", "empty"])
+
+    assert measured.queues["pq"].waiting == 5
+    assert measured.queues["pq"].unacked == 0
+    age = measured.queues["pq"].oldest_age_s
+    assert age is not None
+    assert 0 <= age <= time.time() - before + 60
+    assert measured.queues["empty"].waiting == 0
+    assert measured.queues["empty"].oldest_age_s is None
+    assert measured.unacked_total == 0
+
+
+@pytest.mark.redis_db(3)
+def test_ten_priority_steps_with_colon_separator(redis_db: redis.Redis) -> None:
+    options = {"priority_steps": list(range(10)), "sep": ":", "queue_order_strategy": "priority"}
+    app = make_app(redis_url_for(3), transport_options=options)
+    for priority in range(10):
+        app.tasks["probe.noop"].apply_async(queue="tenq", priority=priority)
+    assert sorted(redis_db.keys("tenq*")) == sorted([b"tenq", *(f"tenq:{n}".encode() for n in range(1, 10))])
+
+    colon = RedisProbe(BrokerConfig(priority_sep=":"), url=redis_url_for(3)).measure(["tenq"])
+    default_sep = RedisProbe(BrokerConfig(), url=redis_url_for(3)).measure(["tenq"])
+
+    assert colon.queues["tenq"].waiting == 10
+    assert default_sep.queues["tenq"].waiting == 1  # the separator is configuration, not a guess
+
+
+@pytest.mark.redis_db(4)
+def test_global_keyprefix_on_another_db_with_a_worker(redis_db: redis.Redis) -> None:
+    options = {"global_keyprefix": "tenant1:"}
+    app = make_app(redis_url_for(4), acks_late=True, transport_options=options)
+    for i in range(3):
+        app.tasks["probe.block"].apply_async(args=[f"t{i}"], queue="pq")
+    assert redis_db.llen("tenant1:pq") == 3
+    prefixed = RedisProbe(BrokerConfig(key_prefix="tenant1:"), url=redis_url_for(4))
+
+    with probe_worker(redis_db, ["pq"], acks_late=True, concurrency=1, **options):
+        wait_until(
+            lambda: redis_db.llen(STARTED) == 1 and redis_db.hlen("tenant1:unacked") == 1,
+            what="one task running",
+        )
+        measured = prefixed.measure(["pq"])
+        assert (measured.queues["pq"].waiting, measured.queues["pq"].unacked, measured.unacked_total) == (2, 1, 1)
+        unprefixed = RedisProbe(BrokerConfig(), url=redis_url_for(4)).measure(["pq"])
+        assert (unprefixed.queues["pq"].waiting, unprefixed.unacked_total) == (0, 0)
+        release_all(redis_db, 3, queue_key="tenant1:pq", unacked_key="tenant1:unacked")
+
+    measured = prefixed.measure(["pq"])
+    assert (measured.queues["pq"].waiting, measured.queues["pq"].unacked, measured.unacked_total) == (0, 0, 0)
+
+
+@pytest.mark.redis_db(3)
+@pytest.mark.parametrize("acks_late", [False, True])
+def test_in_flight_matches_what_the_worker_holds(redis_db: redis.Redis, acks_late: bool) -> None:
+    app = make_app(redis_url_for(3), acks_late=acks_late)
+    for i in range(5):
+        app.tasks["probe.block"].apply_async(args=[f"t{i}"], queue="work")
+    # Concurrency 2, prefetch 2: two tasks run. acks_late=False acks them on start, so two more are
+    # reserved; acks_late=True keeps the running two unacked, which fill the prefetch window.
+    expected_unacked = 2
+    expected_waiting = 1 if not acks_late else 3
+    probe = RedisProbe.from_config(BrokerConfig(), redis_url_for(3))
+
+    with probe_worker(redis_db, ["work"], acks_late=acks_late) as worker:
+        wait_until(
+            lambda: (
+                redis_db.llen(STARTED) == 2
+                and redis_db.hlen("unacked") == expected_unacked
+                and redis_db.llen("work") == expected_waiting
+            ),
+            what="two tasks running and the prefetch window full",
+        )
+        measured = probe.measure(["work", "celery"])
+        inspect = app.control.inspect(destination=[worker.name], timeout=30)
+        active, reserved = inspect.active()[worker.name], inspect.reserved()[worker.name]
+
+        assert measured.queues["work"].waiting == expected_waiting
+        assert measured.queues["work"].unacked == expected_unacked
+        assert measured.queues["celery"].unacked == 0
+        assert measured.unacked_total == expected_unacked
+        assert len(active) == 2
+        held_in_redis = len(active) + len(reserved) if acks_late else len(reserved)
+        assert measured.queues["work"].unacked == held_in_redis
+
+        capped = RedisProbe(BrokerConfig(unacked_scan_cap=1), url=redis_url_for(3)).measure(["work", "celery"])
+        assert capped.queues["work"].unacked is None
+        assert capped.queues["celery"].unacked is None
+        assert capped.unacked_total == expected_unacked
+
+        release_all(redis_db, 5)
+        measured = probe.measure(["work"])
+        assert (measured.queues["work"].waiting, measured.queues["work"].unacked) == (0, 0)
+
+
+@pytest.mark.redis_db(3)
+def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3))
+    for _ in range(3):
+        app.tasks["probe.noop"].apply_async(queue="later", countdown=3600)
+    now = [time.time()]
+    client, sent = counting_client(redis_url_for(3))
+    probe = RedisProbe(BrokerConfig(unacked_scan_interval_s=1e9), client=client, clock=lambda: now[0])
+
+    with probe_worker(redis_db, ["later"], acks_late=False):
+        wait_until(lambda: redis_db.hlen("unacked") == 3, what="the worker to fetch the ETA tasks")
+        measured = probe.measure(["later"])
+        assert (measured.queues["later"].waiting, measured.queues["later"].unacked) == (0, 0)
+        assert measured.unacked_total == 3
+
+        now[0] += 7200  # past the ETA: the worker runs them now, so they are in flight
+        sent[0] = 0
+        measured = probe.measure(["later"])
+        assert measured.queues["later"].unacked == 3
+        assert sent[0] == 1  # from the last scan's ETAs, without scanning again
+
+    # Warm shutdown puts the ETA messages back on the queue.
+    wait_until(lambda: redis_db.llen("later") == 3, what="ETA messages restored")
+    measured = probe.measure(["later"])
+    assert (measured.queues["later"].waiting, measured.unacked_total) == (3, 0)
+
+
+@contextmanager
+def read_only_user(client: redis.Redis) -> Iterator[str]:
+    """An ACL user with only the commands the probe needs (the README's recipe); removed afterwards."""
+    name = f"probe_ro_{os.getpid()}"
+    client.execute_command(
+        "ACL", "SETUSER", name, "on", ">secret", "~*", "-@all",
+        *["+ping", "+hello", "+auth", "+client|setname", "+select"],
+        *["+llen", "+lindex", "+hlen", "+hscan", "+smembers"],
+    )  # fmt: skip
+    try:
+        yield f"redis://{name}:secret@{REDIS_HOST}:{REDIS_PORT}/{db_of(client)}"
+    finally:
+        client.execute_command("ACL", "DELUSER", name)
+
+
+@pytest.mark.redis_db(3)
+def test_named_exchanges_resolve_through_kombu_bindings(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3), acks_late=True)
+    block = app.tasks["probe.block"]
+    routed, topic = ROUTED_QUEUES
+
+    with probe_worker(redis_db, ["routed", "topicq"], acks_late=True):
+        block.apply_async(args=["direct"], queue=routed, exchange="routed_ex", routing_key="rk.routed")
+        block.apply_async(args=["topic"], queue=topic, routing_key="jobs.a")
+        wait_until(lambda: redis_db.llen(STARTED) == 2, what="both tasks running")
+        exchanges = {json.loads(v)[1] for v in redis_db.hvals("unacked")}
+        assert exchanges == {"routed_ex", "topic_ex"}  # so attribution must go through the bindings
+
+        measured = RedisProbe.from_config(BrokerConfig(), redis_url_for(3)).measure(["routed", "topicq", "celery"])
+        assert [measured.queues[q].unacked for q in ("routed", "topicq", "celery")] == [1, 1, 0]
+
+        with read_only_user(redis_db) as url:
+            restricted = RedisProbe.from_config(BrokerConfig(), url).measure(["routed", "topicq"])
+        assert restricted.queues == {q: measured.queues[q] for q in ("routed", "topicq")}
+        assert restricted.unacked_total == 2
+        release_all(redis_db, 2, queue_key="routed")
+
+
+@pytest.mark.redis_db(3)
+def test_hundred_queues_in_one_round_trip(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3))
+    queues = [f"q{i:03d}" for i in range(100)]
+    with app.producer_or_acquire() as producer:
+        for queue in queues:
+            for priority in (0, 4, 9):
+                app.tasks["probe.noop"].apply_async(queue=queue, priority=priority, producer=producer)
+    client, sent = counting_client(redis_url_for(3))
+
+    measured = RedisProbe(BrokerConfig(), client=client).measure(queues)
+
+    assert sent[0] == 1
+    assert all(measured.queues[q].waiting == 3 for q in queues)
+    assert all(measured.queues[q].oldest_age_s is not None for q in queues)
+    assert all(measured.queues[q].unacked == 0 for q in queues)
+
+
+@pytest.mark.redis_db(3)
+def test_publish_time_header_gives_the_oldest_age_across_sub_lists(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3))
+    noop = app.tasks["probe.noop"]
+    published = time.time()
+    noop.apply_async(queue="aged", priority=9, headers={HEADER: published - 500})  # an older producer's stamp
+    before = time.time()
+    noop.apply_async(queue="aged")  # stamped by the before_task_publish handler
+    after = time.time()
+    assert json.loads(redis_db.lindex("aged", -1))["headers"][HEADER] >= before
+    now = after + 100
+
+    measured = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["aged"])
+    assert measured.queues["aged"].oldest_age_s == pytest.approx(now - (published - 500))
+    assert measured.measured_at == now
+
+    redis_db.rpop(f"aged{SEP}9")
+    measured = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["aged"])
+    age = measured.queues["aged"].oldest_age_s
+    assert age is not None
+    assert now - after <= age <= now - before
+
+
+@pytest.mark.redis_db(3)
+def test_without_the_header_age_counts_from_first_seen(redis_db: redis.Redis) -> None:
+    app = make_app(redis_url_for(3), main="plain", stamp_header=None)
+    for _ in range(2):
+        app.tasks["plain.noop"].apply_async(queue="plain")
+    assert HEADER not in json.loads(redis_db.lindex("plain", -1))["headers"]
+    now = [1000.0]
+    probe = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now[0])
+
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 0.0
+    now[0] = 1030.0
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 30.0
+    redis_db.rpop("plain")  # a worker took the oldest; the next one is new to the probe
+    now[0] = 1040.0
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 0.0
+    now[0] = 1045.0
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 5.0
+    redis_db.delete("plain")
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s is None
+    assert probe._first_seen == {}  # only current tails are remembered
+
+
+@pytest.mark.redis_db(3)
+def test_malformed_messages_count_as_waiting_and_warn_once(
+    redis_db: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_db.lpush("bad", b"\xff not json")
+    redis_db.lpush(f"bad{SEP}3", json.dumps({"body": "no headers"}))
+    make_app(redis_url_for(3)).tasks["probe.noop"].apply_async(queue="bad")
+    redis_db.hset("unacked", "tag-1", b"[not json")
+    probe = RedisProbe(BrokerConfig(), url=redis_url_for(3))
+
+    with caplog.at_level(logging.WARNING, logger="celery_autoscaler.probe.redis"):
+        first = probe.measure(["bad"])
+        second = probe.measure(["bad"])
+
+    for measured in (first, second):
+        assert measured.queues["bad"].waiting == 3
+        assert measured.queues["bad"].oldest_age_s is None
+        assert measured.queues["bad"].unacked == 0
+        assert measured.unacked_total == 1
+    tails = [r.getMessage() for r in caplog.records if "tail" in r.getMessage()]
+    assert len(tails) == 2
+    assert any("'bad'" in m for m in tails)
+    assert any(repr(f"bad{SEP}3") in m for m in tails)
+    assert any("tag-1" in r.getMessage() for r in caplog.records)
+
+
+def _closed_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _silent_server() -> Iterator[int]:
+    """A socket that accepts connections (the kernel does) and never answers: a hung broker."""
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("failure", ["refused", "timeout", "auth"])
+def test_unreadable_broker_raises_broker_unavailable(failure: str) -> None:
+    settings = BrokerConfig(socket_timeout_s=0.5)
+    with _silent_server() as silent:
+        url = {
+            "refused": f"redis://127.0.0.1:{_closed_port()}/3",
+            "timeout": f"redis://127.0.0.1:{silent}/3",
+            "auth": f"redis://nobody:wrong@{REDIS_HOST}:{REDIS_PORT}/3",
+        }[failure]
+        probe = RedisProbe.from_config(settings, url)
+        with pytest.raises(BrokerUnavailableError):
+            probe.measure(["celery"])
+        probe.close()
+
+
+def test_needs_exactly_one_of_url_and_client() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisProbe(BrokerConfig())
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisProbe(BrokerConfig(), url=redis_url_for(3), client=redis.Redis())
