@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmark the Redis probe: time of one tick for 10, 100 and 1000 queues (median of N runs).
+
+Writes Celery-shaped messages under a fresh key prefix (so it never touches a real queue, even on
+db 0), measures, prints a table and deletes its keys. A number, not a test: CI never asserts on it.
+
+    python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from celery_autoscaler.config import DEFAULT_PRIORITY_SEP, BrokerConfig
+from celery_autoscaler.probe.redis import RedisProbe
+
+QUEUE_COUNTS = (10, 100, 1000)
+PRIORITY_KEYS = ("", f"{DEFAULT_PRIORITY_SEP}3", f"{DEFAULT_PRIORITY_SEP}9")
+"""Where the messages of each queue go: the bare list and two of kombu's default priority sub-lists."""
+
+
+def celery_message(queue: str, published_at: float) -> bytes:
+    """A message shaped like Celery's protocol 2 on Redis, with the publish-time header."""
+    task_id = str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": "W1tdLCB7fSwgeyJjYWxsYmFja3MiOiBudWxsfV0=",
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": "bench.noop", "id": task_id, "eta": None, "x_published_at": published_at},
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "delivery_mode": 2,
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+def counting_client(url: str) -> tuple[redis.Redis, list[int]]:
+    """A client that counts round trips: one per command or pipeline sent."""
+    sent = [0]
+
+    class CountingConnection(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent[0] += 1
+            super().send_packed_command(command, check_health)
+
+    return redis.Redis.from_url(url, connection_class=CountingConnection), sent
+
+
+def fill(client: redis.Redis, prefix: str, queues: list[str], per_queue: int) -> None:
+    """``per_queue`` waiting messages spread over the sub-lists, and one in-flight message per queue."""
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for i in range(per_queue):
+                pipe.lpush(f"{prefix}{queue}{PRIORITY_KEYS[i % len(PRIORITY_KEYS)]}", celery_message(queue, now - i))
+            held = json.loads(celery_message(queue, now))
+            pipe.hset(f"{prefix}unacked", str(uuid.uuid4()), json.dumps([held, "", queue]))
+        pipe.execute()
+
+
+def median_ms(runs: int, action: Callable[[], object]) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        action()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def bench(url: str, queue_count: int, per_queue: int, runs: int) -> tuple[float, float, int, int]:
+    """(every-tick ms, scan-tick ms, round trips of an every-tick, round trips of a scan tick)."""
+    prefix = f"bench-probe-{uuid.uuid4().hex[:8]}:"
+    client, sent = counting_client(url)
+    queues = [f"q{i:04d}" for i in range(queue_count)]
+    settings = BrokerConfig(key_prefix=prefix, unacked_scan_interval_s=1e9)
+    try:
+        fill(client, prefix, queues, per_queue)
+        probe = RedisProbe(settings, client=client)
+        client.ping()
+        sent[0] = 0
+        probe.measure(queues)  # the first tick also scans the unacked hash
+        scan_trips, sent[0] = sent[0], 0
+        probe.measure(queues)
+        tick_trips = sent[0]
+        tick_ms = median_ms(runs, lambda: probe.measure(queues))
+        scan_ms = median_ms(max(3, runs // 4), lambda: RedisProbe(settings, client=client).measure(queues))
+        return tick_ms, scan_ms, tick_trips, scan_trips
+    finally:
+        for batch in _batches(client.scan_iter(match=f"{prefix}*", count=1000), 500):
+            client.unlink(*batch)
+        client.close()
+
+
+def _batches(keys: Any, size: int) -> Any:
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
+    parser.add_argument("--runs", type=int, default=21, help="ticks per size; the median is printed")
+    parser.add_argument("--messages", type=int, default=3, help="waiting messages per queue")
+    args = parser.parse_args()
+
+    print(f"Redis probe, {args.messages} waiting + 1 in-flight message per queue, median of {args.runs} ticks")
+    print(f"{'queues':>7} {'keys':>6} {'tick ms':>9} {'trips':>6} {'scan tick ms':>13} {'trips':>6}")
+    for count in QUEUE_COUNTS:
+        tick_ms, scan_ms, tick_trips, scan_trips = bench(args.redis_url, count, args.messages, args.runs)
+        keys = count * 10
+        print(f"{count:>7} {keys:>6} {tick_ms:>9.2f} {tick_trips:>6} {scan_ms:>13.2f} {scan_trips:>6}")
+    print("tick: LLEN + LINDEX -1 of every queue key and q{sep}1..9, HLEN unacked, in one pipeline.")
+    print("scan tick: the same plus HSCAN of the unacked hash (every unacked_scan_interval_s).")
+
+
+if __name__ == "__main__":
+    main()
