@@ -1,0 +1,111 @@
+"""The Lambda entry point: a few ticks per invocation, spaced ``tick_interval_s`` apart.
+
+EventBridge invokes once a minute; running ``ticks_per_invocation`` ticks inside one invocation
+sees a burst within seconds instead of a minute. Everything built here (config, broker URL, clients)
+is made once per container, at the first invocation, and reused while the Lambda stays warm.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery_autoscaler.config import ConfigError, ScalerConfig, load_config
+from celery_autoscaler.ecs import Actuator, EcsActuator
+from celery_autoscaler.probe import Probe
+from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.secrets import broker_url
+from celery_autoscaler.state import DynamoStateStore, StateStore
+from celery_autoscaler.telemetry import Telemetry
+from celery_autoscaler.tick import TickResult, run_tick
+
+CONFIG_ENV = "CELERY_AUTOSCALER_CONFIG"
+SAFETY_MARGIN_S = 3.0
+"""Time kept in hand after the last tick so the invocation never hits its timeout mid-tick."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What one warm Lambda container reuses across invocations."""
+
+    config: ScalerConfig
+    probe: Probe
+    actuator: Actuator
+    store: StateStore
+    telemetry: Telemetry
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """Validate the config and build the clients once; a :class:`ConfigError` names the bad field."""
+    text = os.environ.get(CONFIG_ENV)
+    if text is None:
+        raise ConfigError(CONFIG_ENV, "environment variable is not set")
+    config = load_config(text)
+    if config.state_table is None:
+        raise ConfigError("state_table", "is required in Lambda: the state table makes overlapping ticks safe")
+    return Runtime(
+        config=config,
+        probe=RedisProbe.from_config(config.broker, broker_url(config.broker)),
+        actuator=EcsActuator(config.cluster),
+        store=DynamoStateStore(config.state_table),
+        telemetry=Telemetry(config.metrics_namespace),
+    )
+
+
+def summary(results: list[TickResult], dry_run: bool) -> dict[str, Any]:
+    """A small JSON answer: totals, and each pool's last decision."""
+    last = results[-1].outcomes if results else ()
+    return {
+        "ticks": len(results),
+        "dry_run": dry_run,
+        "actions": sum(r.actions for r in results),
+        "errors": sum(r.errors for r in results),
+        "pools": {
+            o.pool: {
+                "desired": o.decision.desired if o.decision else None,
+                "reason": o.decision.reason if o.decision else None,
+                "acted": o.acted,
+                "error": o.error,
+            }
+            for o in last
+        },
+    }
+
+
+def run_invocation(
+    rt: Runtime,
+    event: Mapping[str, Any],
+    remaining_ms: Callable[[], int] | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Run up to ``ticks_per_invocation`` ticks; stop early when another one would not fit the time left."""
+    config = rt.config
+    dry_run = bool(event.get("dry_run")) or config.dry_run
+    started = clock()
+    longest = 0.0
+    results: list[TickResult] = []
+    for i in range(config.ticks_per_invocation):
+        if i > 0:
+            wait = max(0.0, started + i * config.tick_interval_s - clock())
+            if remaining_ms is not None and remaining_ms() / 1000 < wait + longest + SAFETY_MARGIN_S:
+                break
+            sleep(wait)
+        began = clock()
+        results.append(
+            run_tick(config, rt.probe, rt.actuator, rt.store, began, dry_run=dry_run, telemetry=rt.telemetry)
+        )
+        longest = max(longest, clock() - began)
+    return summary(results, dry_run)
+
+
+def lambda_handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
+    """AWS Lambda entry point (EventBridge schedule; ``{"dry_run": true}`` to decide without acting)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return run_invocation(runtime(), event or {}, remaining)

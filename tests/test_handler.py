@@ -1,0 +1,206 @@
+"""The Lambda handler in-process: real Redis (db 5), moto ECS/DynamoDB/Secrets Manager, real stdout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from celery import Celery
+from conftest import redis_url_for
+from moto import mock_aws
+from moto_aws import CLUSTER, REGION, aws_env, create_services, create_state_table
+
+from celery_autoscaler import handler
+from celery_autoscaler.config import ConfigError
+from celery_autoscaler.handler import CONFIG_ENV, lambda_handler, run_invocation, runtime
+
+DB = 5
+pytestmark = pytest.mark.redis_db(DB)
+
+
+def config_doc(**top: Any) -> dict[str, Any]:
+    return {
+        "broker": {"url": redis_url_for(DB)},
+        "cluster": CLUSTER,
+        "state_table": "celery-autoscaler-state",
+        "tick_interval_s": 0.05,
+        "ticks_per_invocation": 2,
+        "pools": {"default": {"service": "worker-default", "queues": ["celery"], "concurrency": 2}},
+        **top,
+    }
+
+
+@dataclass
+class Context:
+    """The part of the Lambda context object the handler uses."""
+
+    remaining_ms: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis) -> Iterator[Any]:
+    aws_env(monkeypatch)
+    runtime.cache_clear()
+    with mock_aws():
+        ecs = create_services(["worker-default"])
+        create_state_table()
+        yield ecs
+    runtime.cache_clear()
+
+
+def publish(count: int) -> None:
+    app = Celery("producer", broker=redis_url_for(DB))
+    try:
+        for i in range(count):
+            app.send_task("tasks.work", args=(i,), queue="celery")
+    finally:
+        app.close()
+
+
+def desired(ecs: Any) -> int:
+    return int(ecs.describe_services(cluster=CLUSTER, services=["worker-default"])["services"][0]["desiredCount"])
+
+
+def stdout_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_handler_runs_its_ticks_and_scales(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc()))
+    publish(7)
+    answer = lambda_handler({}, Context())
+    assert answer["ticks"] == 2
+    assert answer["actions"] == 1
+    assert answer["errors"] == 0
+    assert answer["pools"]["default"]["desired"] == 4
+    assert answer["dry_run"] is False
+    assert desired(aws) == 4
+    lines = stdout_lines(capsys)
+    assert [line["pool"] for line in lines if line.get("message") == "pool tick"] == ["default", "default"]
+    assert sum(1 for line in lines if "_aws" in line) == 4  # per pool and per queue, twice
+
+
+def test_dry_run_event_decides_without_updating(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1)))
+    publish(3)
+    answer = lambda_handler({"dry_run": True}, Context())
+    assert answer["dry_run"] is True
+    assert answer["pools"]["default"]["desired"] == 2
+    assert answer["actions"] == 0
+    assert desired(aws) == 0
+
+
+def test_config_dry_run_also_holds_back(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1, dry_run=True)))
+    publish(3)
+    assert lambda_handler(None, Context())["actions"] == 0
+    assert desired(aws) == 0
+
+
+@pytest.mark.usefixtures("aws")
+def test_config_is_parsed_once_per_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1)))
+    first = runtime()
+    monkeypatch.setenv(CONFIG_ENV, "{not json")
+    assert lambda_handler({}, Context())["ticks"] == 1
+    assert runtime() is first
+
+
+@pytest.mark.usefixtures("aws")
+def test_bad_config_fails_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = config_doc()
+    doc["pools"]["default"]["max_workers"] = 0
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    with pytest.raises(ConfigError) as failure:
+        lambda_handler({}, Context())
+    assert failure.value.field == "pools.default.max_workers"
+
+
+@pytest.mark.usefixtures("aws")
+def test_missing_config_and_missing_state_table_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(ConfigError) as failure:
+        lambda_handler({}, Context())
+    assert failure.value.field == CONFIG_ENV
+    doc = config_doc()
+    del doc["state_table"]
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    with pytest.raises(ConfigError) as failure:
+        lambda_handler({}, Context())
+    assert failure.value.field == "state_table"
+
+
+@pytest.mark.parametrize("stored", ["plain", "json"])
+def test_broker_url_is_read_once_from_secrets_manager(aws: Any, monkeypatch: pytest.MonkeyPatch, stored: str) -> None:
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    url = redis_url_for(DB)
+    value = url if stored == "plain" else json.dumps({"url": url, "note": "written by terraform"})
+    arn = secrets.create_secret(Name="celery/broker", SecretString=value)["ARN"]
+    doc = config_doc(ticks_per_invocation=1)
+    doc["broker"] = {"url_secret_arn": arn}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    publish(5)
+    assert lambda_handler({}, Context())["pools"]["default"]["desired"] == 3
+    secrets.put_secret_value(SecretId=arn, SecretString="redis://127.0.0.1:1/0")
+    assert lambda_handler({}, Context())["errors"] == 0, "the warm container keeps the URL it read"
+    assert desired(aws) == 3
+
+
+@pytest.mark.usefixtures("aws")
+def test_unusable_secret_names_the_field_without_leaking_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    arn = secrets.create_secret(Name="celery/broker", SecretString="amqp://user:hunter2@rabbit//")["ARN"]
+    doc = config_doc()
+    doc["broker"] = {"url_secret_arn": arn}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    with pytest.raises(ConfigError) as failure:
+        lambda_handler({}, Context())
+    assert failure.value.field == "broker.url_secret_arn"
+    assert "hunter2" not in str(failure.value)
+    runtime.cache_clear()
+    doc["broker"] = {"url_secret_arn": arn.replace("celery/broker", "celery/absent")}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    with pytest.raises(ConfigError, match="ResourceNotFoundException"):
+        lambda_handler({}, Context())
+
+
+@dataclass
+class FakeTime:
+    """A clock that only moves when the handler sleeps or a tick takes time: no real waiting."""
+
+    now: float = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.usefixtures("aws")
+def test_ticks_are_spaced_and_stop_before_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=4, tick_interval_s=15)))
+    fake = FakeTime()
+    deadline = 40.0
+    started: list[float] = []
+    real_run_tick = handler.run_tick
+
+    def timed_run_tick(*args: Any, **kwargs: Any) -> Any:
+        started.append(fake.now)
+        fake.now += 2.0  # this tick takes 2 s
+        return real_run_tick(*args, **kwargs)
+
+    monkeypatch.setattr(handler, "run_tick", timed_run_tick)
+    answer = run_invocation(
+        runtime(), {}, lambda: int((deadline - fake.now) * 1000), clock=lambda: fake.now, sleep=fake.sleep
+    )
+    # Ticks at 0, 15, 30; one at 45 would end after the 40 s deadline.
+    assert started == [0.0, 15.0, 30.0]
+    assert answer["ticks"] == 3
