@@ -1,0 +1,376 @@
+"""The helper users install in their own Celery app: ``celery_autoscaler.worker.install(app)``.
+
+It imports Celery and the standard library only (never boto3 or redis), because it runs inside the
+user's web, beat and worker processes. It does three things:
+
+- stamps every published message with its publish time (header ``x_published_at``, epoch seconds),
+  so the scaler can measure a queue's age;
+- in a worker on ECS, turns on ECS task scale-in protection while tasks run and releases it after a
+  short idle debounce, so scale-in never picks a busy worker and deployments are never blocked for long;
+- warns at worker start about settings that can lose or kill tasks when ECS stops the container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, signals
+from celery.worker import state as worker_state
+
+from celery_autoscaler.config import DEFAULT_PUBLISH_TIME_HEADER
+
+logger = logging.getLogger("celery_autoscaler.worker")
+
+ENV_AGENT_URI = "ECS_AGENT_URI"
+ENV_PROTECTION = "CELERY_AUTOSCALER_SCALE_IN_PROTECTION"
+ENV_PROTECTION_MINUTES = "CELERY_AUTOSCALER_PROTECTION_MINUTES"
+ENV_STOP_TIMEOUT = "CELERY_AUTOSCALER_STOP_TIMEOUT"
+PROTECTION_PATH = "/task-protection/v1/state"
+MIN_PROTECTION_MINUTES = 1
+MAX_PROTECTION_MINUTES = 2880  # the ECS agent's own limit (48 h)
+FARGATE_DEFAULT_STOP_TIMEOUT_S = 30.0  # what ECS waits between SIGTERM and SIGKILL when unset
+REDIS_DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The effective settings after keyword arguments, environment and caps were applied."""
+
+    publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER
+    protection: bool = True
+    protection_minutes: int = 60
+    release_after_idle_s: float = 10.0
+    renew_before_s: float = 300.0
+    agent_uri: str | None = None
+    agent_timeout_s: float = 2.0
+    stop_timeout_s: float | None = None
+    poll_interval_s: float = 1.0
+    retry_interval_s: float = 10.0
+
+    @property
+    def protection_url(self) -> str | None:
+        """The agent endpoint, or None when protection is off or there is no agent (not on ECS)."""
+        if not self.protection or not self.agent_uri:
+            return None
+        return self.agent_uri.rstrip("/") + PROTECTION_PATH
+
+
+# Apps that called install(); weak so a discarded app (tests, reloads) is not kept alive.
+_installed: weakref.WeakKeyDictionary[Celery, WorkerSettings] = weakref.WeakKeyDictionary()
+# Replaced as a whole on install() so the publish handler never iterates a changing collection.
+_publish_headers: frozenset[str] = frozenset()
+_monitor: ProtectionMonitor | None = None
+_monitor_lock = threading.Lock()
+
+
+def install(
+    app: Celery,
+    *,
+    publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER,
+    protection: bool | None = None,
+    protection_minutes: int | None = None,
+    release_after_idle_s: float = 10.0,
+    renew_before_s: float = 300.0,
+    agent_uri: str | None = None,
+    agent_timeout_s: float = 2.0,
+    stop_timeout_s: float | None = None,
+    poll_interval_s: float = 1.0,
+) -> WorkerSettings:
+    """Enable publish-time stamping, scale-in protection and start-up warnings for ``app``.
+
+    Safe to call more than once (the last call's settings win, handlers are connected once) and in
+    any process: producers only get the stamping, workers also get protection and warnings.
+    ``None`` arguments come from the environment the Terraform module sets, then from the defaults.
+    """
+    global _publish_headers
+    settings = resolve_settings(
+        publish_time_header=publish_time_header,
+        protection=protection,
+        protection_minutes=protection_minutes,
+        release_after_idle_s=release_after_idle_s,
+        renew_before_s=renew_before_s,
+        agent_uri=agent_uri,
+        agent_timeout_s=agent_timeout_s,
+        stop_timeout_s=stop_timeout_s,
+        poll_interval_s=poll_interval_s,
+        environ=os.environ,
+    )
+    _installed[app] = settings
+    _publish_headers = frozenset(s.publish_time_header for s in _installed.values())
+    # dispatch_uid makes a second install() (or a second app) reuse the same connection.
+    signals.before_task_publish.connect(_stamp_publish_time, weak=False, dispatch_uid="celery_autoscaler.publish_time")
+    signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_autoscaler.worker_ready")
+    return settings
+
+
+def resolve_settings(
+    *,
+    publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER,
+    protection: bool | None = None,
+    protection_minutes: int | None = None,
+    release_after_idle_s: float = 10.0,
+    renew_before_s: float = 300.0,
+    agent_uri: str | None = None,
+    agent_timeout_s: float = 2.0,
+    stop_timeout_s: float | None = None,
+    poll_interval_s: float = 1.0,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerSettings:
+    """Merge arguments, environment and defaults; cap what the agent would reject.
+
+    Programming errors (empty header, negative durations) raise ValueError; a bad environment value
+    only logs and falls back, because it must not stop a web process from importing its Celery app.
+    """
+    env = os.environ if environ is None else environ
+    if not publish_time_header:
+        raise ValueError("publish_time_header must not be empty")
+    for name, value in (
+        ("release_after_idle_s", release_after_idle_s),
+        ("renew_before_s", renew_before_s),
+        ("agent_timeout_s", agent_timeout_s),
+        ("poll_interval_s", poll_interval_s),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if protection is None:
+        protection = env.get(ENV_PROTECTION, "true").strip().lower() not in _FALSE
+    if protection_minutes is None:
+        protection_minutes = int(_env_number(env, ENV_PROTECTION_MINUTES) or 60)
+    minutes = min(max(int(protection_minutes), MIN_PROTECTION_MINUTES), MAX_PROTECTION_MINUTES)
+    if minutes != protection_minutes:
+        logger.warning("protection_minutes=%s capped to %s (ECS accepts 1..2880)", protection_minutes, minutes)
+    window_s = minutes * 60.0
+    if renew_before_s >= window_s:
+        # Renewing at least as early as the window is long would call the agent on every poll.
+        renew_before_s = window_s / 2
+    uri = agent_uri if agent_uri is not None else env.get(ENV_AGENT_URI) or None
+    if uri and not uri.startswith(("http://", "https://")):
+        logger.warning("%s=%r is not an http(s) URL: scale-in protection is off", ENV_AGENT_URI, uri)
+        uri = None
+    if stop_timeout_s is None:
+        stop_timeout_s = _env_number(env, ENV_STOP_TIMEOUT)
+    if stop_timeout_s is None and uri:
+        stop_timeout_s = FARGATE_DEFAULT_STOP_TIMEOUT_S
+    return WorkerSettings(
+        publish_time_header=publish_time_header,
+        protection=protection,
+        protection_minutes=minutes,
+        release_after_idle_s=float(release_after_idle_s),
+        renew_before_s=float(renew_before_s),
+        agent_uri=uri,
+        agent_timeout_s=float(agent_timeout_s),
+        stop_timeout_s=stop_timeout_s,
+        poll_interval_s=float(poll_interval_s),
+    )
+
+
+def _env_number(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        logger.warning("%s=%r is not a number; ignored", name, raw)
+        return None
+    return value if value > 0 else None
+
+
+def _stamp_publish_time(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Set the publish time on every message, overwriting an older value.
+
+    A retry, a restored chain link or a copied header is a new publish: the scaler's "waiting since"
+    means since this message entered the queue, so the newest time is the right one.
+    """
+    if headers is None:
+        return
+    now = time.time()
+    for name in _publish_headers:
+        headers[name] = now
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process: log warnings, then start the protection monitor once."""
+    global _monitor
+    app = getattr(sender, "app", None)
+    settings = _installed.get(app) if app is not None else None
+    if settings is None:
+        return
+    for warning in settings_warnings(app, settings, os.environ):
+        logger.warning("celery-autoscaler: %s", warning)
+    url = settings.protection_url
+    if url is None:
+        reason = "disabled" if not settings.protection else f"no {ENV_AGENT_URI} (not on ECS)"
+        logger.info("celery-autoscaler: scale-in protection off: %s", reason)
+        return
+    with _monitor_lock:
+        if _monitor is None:
+            _monitor = ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0)
+            _monitor.start()
+    logger.info(
+        "celery-autoscaler: scale-in protection on (%s, %s min while busy, release after %.0f s idle)",
+        url,
+        settings.protection_minutes,
+        settings.release_after_idle_s,
+    )
+
+
+class ProtectionMonitor:
+    """Keeps ECS scale-in protection on while the worker runs tasks; releases it when idle.
+
+    Runs as one daemon thread in the worker's main process, which owns the state of every prefork
+    child, so protection is one decision per container. Agent calls happen here, never on the task
+    path: a slow or failing agent delays nothing and fails nothing, it only logs.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        busy: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._busy = busy
+        self._clock = clock
+        self._thread = threading.Thread(target=self._run, name="celery-autoscaler-protection", daemon=True)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the agent is link-local
+        self.protected_until: float | None = None
+        self._last_busy = clock()
+        self._next_attempt = 0.0
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.settings.poll_interval_s)
+            try:
+                self.step()
+            except Exception:  # a bug here must never take the worker down
+                logger.exception("celery-autoscaler: protection monitor step failed")
+
+    def step(self) -> None:
+        """One poll: protect or renew while busy, release after the idle debounce."""
+        now = self._clock()
+        if now < self._next_attempt:
+            return
+        if self._busy():
+            self._last_busy = now
+            renew_at = None if self.protected_until is None else self.protected_until - self.settings.renew_before_s
+            if renew_at is None or now >= renew_at:
+                self._put(enabled=True, now=now)
+        elif self.protected_until is not None and now - self._last_busy >= self.settings.release_after_idle_s:
+            self._put(enabled=False, now=now)
+
+    def _put(self, *, enabled: bool, now: float) -> None:
+        body: dict[str, Any] = {"ProtectionEnabled": enabled}
+        if enabled:
+            body["ExpiresInMinutes"] = self.settings.protection_minutes
+        error = self._call(body)
+        if error is None:
+            self.protected_until = now + self.settings.protection_minutes * 60.0 if enabled else None
+            if self._failing:
+                logger.info("celery-autoscaler: ECS agent answers again")
+            self._failing = False
+            logger.debug("celery-autoscaler: protection %s", "on" if enabled else "released")
+            return
+        self._next_attempt = now + self.settings.retry_interval_s
+        log = logger.debug if self._failing else logger.warning
+        log(
+            "celery-autoscaler: ECS agent call %s failed (%s); tasks go on, retry in %.0f s",
+            body,
+            error,
+            self.settings.retry_interval_s,
+        )
+        self._failing = True
+
+    def _call(self, body: dict[str, Any]) -> str | None:
+        """PUT the state; return None on success, else a short reason."""
+        url = self.settings.protection_url
+        assert url is not None  # the monitor is only started with a URL
+        request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be http(s)
+            url,
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with self._opener.open(request, timeout=self.settings.agent_timeout_s) as response:
+                payload = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code}: {exc.read(500)!r}"
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad JSON
+            return f"{type(exc).__name__}: {exc}"
+        if not isinstance(payload, dict) or "protection" not in payload:
+            return f"unexpected answer {str(payload)[:500]}"
+        return None
+
+
+def settings_warnings(app: Celery, settings: WorkerSettings, environ: Mapping[str, str]) -> list[str]:
+    """Say which Celery settings can lose, kill or duplicate tasks when ECS stops this worker."""
+    conf = app.conf
+    acks_late = bool(conf.task_acks_late)
+    soft_shutdown = environ.get("REMAP_SIGTERM", "").upper() == "SIGQUIT"
+    soft_timeout = float(conf.worker_soft_shutdown_timeout or 0)
+    prefetch = int(conf.worker_prefetch_multiplier or 0)
+    longest = longest_task_s(app)
+    stop = settings.stop_timeout_s
+    limit = "without a time limit" if math.isinf(longest) else f"up to {longest:.0f} s"
+    warnings: list[str] = []
+    if soft_shutdown and not acks_late:
+        warnings.append(
+            "REMAP_SIGTERM=SIGQUIT with task_acks_late=False: on SIGTERM running tasks are cancelled after "
+            "worker_soft_shutdown_timeout and LOST; set task_acks_late=True (idempotent tasks) or drop REMAP_SIGTERM"
+        )
+    if soft_shutdown and stop is not None and soft_timeout >= stop:
+        warnings.append(
+            f"worker_soft_shutdown_timeout={soft_timeout:.0f} s is not below stop_timeout={stop:.0f} s: ECS "
+            "SIGKILLs the worker before it can requeue its running tasks"
+        )
+    if stop is not None and not soft_shutdown and longest > stop:
+        outcome = "re-run after visibility_timeout" if acks_late else "LOST"
+        warnings.append(
+            f"tasks run {limit} but ECS SIGKILLs {stop:.0f} s after SIGTERM: a task still running then is "
+            f"{outcome}; set task_time_limit below stop_timeout, raise stop_timeout (max 120 s on Fargate), or "
+            "use REMAP_SIGTERM=SIGQUIT + worker_soft_shutdown_timeout + task_acks_late=True"
+            + ("" if settings.protection_url else "; scale-in protection is off, so scale-in can hit busy workers")
+        )
+    if prefetch > 1 and stop is not None and longest > stop:
+        warnings.append(
+            f"worker_prefetch_multiplier={prefetch} with tasks that run {limit}: prefetched messages wait behind long "
+            "tasks and keep a protected worker busy; set worker_prefetch_multiplier=1 for long tasks"
+        )
+    visibility = float(conf.broker_transport_options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY_TIMEOUT_S))
+    broker = str(conf.broker_url or "")
+    if acks_late and broker.startswith(("redis", "rediss", "sentinel")) and longest > visibility:
+        warnings.append(
+            f"task_acks_late=True with tasks that run {limit} and visibility_timeout={visibility:.0f} s: Redis "
+            "redelivers still-running tasks after visibility_timeout, so they run twice"
+        )
+    return warnings
+
+
+def longest_task_s(app: Celery) -> float:
+    """The longest any of the app's own tasks may run: its hard limit, else its soft limit, else infinity."""
+    conf = app.conf
+    default = conf.task_time_limit or conf.task_soft_time_limit
+    longest = 0.0
+    for name, task in app.tasks.items():
+        if name.startswith("celery."):
+            continue
+        limit = getattr(task, "time_limit", None) or getattr(task, "soft_time_limit", None) or default
+        longest = max(longest, float(limit) if limit else math.inf)
+    return longest

@@ -1,0 +1,269 @@
+"""The worker-side helper against real Celery workers, real Redis and a fake ECS agent endpoint.
+
+Covers publish-time stamping, scale-in protection (protect on the first task, renew during a long
+task, release after idle), agent failures that must never fail a task, and the start-up warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from apps.worker_app import DONE, PUBLISHED_AT, READY, STARTED
+from apps.workers import WorkerProcess, running_worker
+from celery import Celery, signals
+from conftest import redis_url_for
+from fake_ecs_agent import PATH, FakeEcsAgent
+from waiting import wait_until
+
+from celery_autoscaler import worker as helper
+
+DB = 6
+pytestmark = pytest.mark.redis_db(DB)
+BROKER = redis_url_for(DB)
+# Short windows so renewals happen every few seconds: 1-minute protection renewed 57 s early.
+FAST_PROTECTION = {
+    "SAFE_BROKER_URL": BROKER,
+    "SAFE_PROTECTION_MINUTES": "1",
+    "SAFE_RENEW_BEFORE_S": "57",
+    "SAFE_RELEASE_AFTER_IDLE_S": "1",
+    "SAFE_POLL_S": "0.2",
+}
+
+
+@pytest.fixture
+def producer(redis_db: redis.Redis) -> Iterator[Celery]:
+    """The same app the workers run, imported in the test process as a plain producer."""
+    from apps.worker_app import app
+
+    assert app.conf.broker_url == BROKER, "run with SAFE_BROKER_URL unset (defaults to db 6)"
+    return app
+
+
+def _wait_ready(r: redis.Redis, worker: WorkerProcess) -> None:
+    def ready() -> bool:
+        assert not worker.exited(), worker.log()
+        return bool(r.sismember(READY, worker.hostname))
+
+    wait_until(ready, timeout=120, what=f"{worker.name} ready")
+
+
+def _count(r: redis.Redis, key: str, task_id: str) -> int:
+    return int(r.hget(key, task_id) or 0)
+
+
+def test_fake_agent_speaks_the_protection_api() -> None:
+    with FakeEcsAgent() as agent:
+
+        def call(method: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(agent.uri + PATH, data=data, method=method)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, answer = call("PUT", {"ProtectionEnabled": True, "ExpiresInMinutes": 5})
+        assert status == 200
+        assert answer["protection"]["ProtectionEnabled"] is True  # type: ignore[index]
+        assert answer["protection"]["ExpirationDate"]  # type: ignore[index]
+        assert call("GET")[1]["protection"]["ProtectionEnabled"] is True  # type: ignore[index]
+        assert call("PUT", {"ProtectionEnabled": True, "ExpiresInMinutes": 3000})[0] == 400
+        assert call("PUT", {"ProtectionEnabled": False})[1]["protection"]["ExpirationDate"] is None  # type: ignore[index]
+        assert [r.method for r in agent.requests] == ["PUT", "GET", "PUT", "PUT"]
+
+
+def test_settings_defaults_caps_and_environment() -> None:
+    defaults = helper.resolve_settings(environ={})
+    assert defaults.protection
+    assert defaults.protection_minutes == 60
+    assert defaults.agent_uri is None
+    assert defaults.protection_url is None
+    assert defaults.stop_timeout_s is None
+    on_ecs = helper.resolve_settings(
+        environ={"ECS_AGENT_URI": "http://169.254.170.2/api/abc", "CELERY_AUTOSCALER_PROTECTION_MINUTES": "9999"}
+    )
+    assert on_ecs.protection_url == "http://169.254.170.2/api/abc/task-protection/v1/state"
+    assert on_ecs.protection_minutes == helper.MAX_PROTECTION_MINUTES
+    assert on_ecs.stop_timeout_s == helper.FARGATE_DEFAULT_STOP_TIMEOUT_S  # unset on ECS = the Fargate default
+    assert helper.resolve_settings(protection_minutes=0, environ={}).protection_minutes == 1
+    assert helper.resolve_settings(renew_before_s=600, protection_minutes=5, environ={}).renew_before_s == 150
+    off = helper.resolve_settings(environ={"CELERY_AUTOSCALER_SCALE_IN_PROTECTION": "false", "ECS_AGENT_URI": "x"})
+    assert not off.protection
+    assert off.protection_url is None
+    assert helper.resolve_settings(environ={"CELERY_AUTOSCALER_STOP_TIMEOUT": "120"}).stop_timeout_s == 120
+    with pytest.raises(ValueError, match="release_after_idle_s"):
+        helper.resolve_settings(release_after_idle_s=0, environ={})
+
+
+def test_helper_imports_with_celery_and_stdlib_only() -> None:
+    code = "import sys, celery_autoscaler.worker; print(sorted({'boto3', 'botocore', 'redis'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_publish_time_header_on_a_plain_producer(producer: Celery, redis_db: redis.Redis) -> None:
+    receivers = len(signals.before_task_publish.receivers)
+    helper.install(producer)  # a second install() must not stamp twice or add handlers
+    assert len(signals.before_task_publish.receivers) == receivers
+    before = time.time()
+    producer.send_task("apps.worker_app.work", args=[0.1], queue="unconsumed")
+    after = time.time()
+    message = json.loads(redis_db.lindex("unconsumed", -1))  # type: ignore[arg-type]
+    stamped = message["headers"]["x_published_at"]
+    assert isinstance(stamped, float)
+    assert before <= stamped <= after
+
+
+def test_protect_on_first_task_renew_while_busy_release_when_idle(
+    producer: Celery, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    from apps.worker_app import block, work
+
+    with (
+        FakeEcsAgent() as agent,
+        running_worker("protect", {**FAST_PROTECTION, "ECS_AGENT_URI": agent.uri}, tmp_path) as w,
+    ):
+        _wait_ready(redis_db, w)
+        assert agent.puts() == [], "an idle worker must not ask for protection"
+
+        short = work.delay(0.5).id
+        wait_until(lambda: _count(redis_db, DONE, short) == 1, timeout=60, what="short task done")
+        wait_until(lambda: agent.enabled_flags() == [True, False], timeout=60, what="protect, then release")
+
+        release_key = f"release-{uuid.uuid4().hex}"
+        long = block.delay(release_key).id
+        wait_until(lambda: _count(redis_db, STARTED, long) == 1, timeout=60, what="long task started")
+        # Renewals: two more protect calls while the one long task is still running.
+        wait_until(lambda: agent.enabled_flags()[2:] == [True, True, True], timeout=60, what="renewals")
+        assert _count(redis_db, DONE, long) == 0
+        redis_db.rpush(release_key, "go")
+        wait_until(lambda: _count(redis_db, DONE, long) == 1, timeout=60, what="long task done")
+        wait_until(lambda: agent.enabled_flags()[-1] is False, timeout=60, what="release after the long task")
+
+        flags = agent.enabled_flags()
+        assert flags[:2] == [True, False]
+        assert flags[-1] is False
+        assert all(flags[2:-1]), f"protection dropped during the long task: {flags}"
+        assert {body["ExpiresInMinutes"] for body in agent.puts() if body["ProtectionEnabled"]} == {1}
+        assert agent.state()["protection"]["ProtectionEnabled"] is False
+    print(f"\nagent saw ProtectionEnabled sequence {flags}")
+
+
+@pytest.mark.parametrize("agent_mode", ["hang", "down"])
+def test_agent_failures_never_fail_or_block_tasks(
+    agent_mode: str, producer: Celery, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    from apps.worker_app import work
+
+    with FakeEcsAgent(mode="hang") as agent:
+        uri = agent.uri if agent_mode == "hang" else "http://127.0.0.1:9"  # discard port: refused
+        env = {**FAST_PROTECTION, "ECS_AGENT_URI": uri, "SAFE_AGENT_TIMEOUT_S": "0.5"}
+        with running_worker(f"agent-{agent_mode}", env, tmp_path) as w:
+            _wait_ready(redis_db, w)
+            ids = [work.delay(0.4).id for _ in range(6)]
+            wait_until(lambda: all(_count(redis_db, DONE, i) == 1 for i in ids), timeout=120, what="all tasks done")
+            wait_until(lambda: "ECS agent call" in w.log(), timeout=60, what="the agent failure logged")
+        if agent_mode == "hang":
+            assert agent.puts(), "the worker should have tried the agent"
+    assert "Traceback" not in w.log()
+
+
+def test_no_agent_logs_one_noop_and_retries_get_a_new_publish_time(
+    producer: Celery, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    from apps.worker_app import retry_once
+
+    # Settings that can lose tasks on ECS, to see the start-up warnings too.
+    risky = {
+        "SAFE_BROKER_URL": BROKER,
+        "REMAP_SIGTERM": "SIGQUIT",
+        "SAFE_PREFETCH": "4",
+        "SAFE_TIME_LIMIT_S": "300",
+        "CELERY_AUTOSCALER_STOP_TIMEOUT": "30",
+    }
+    with running_worker("no-agent", risky, tmp_path) as w:
+        _wait_ready(redis_db, w)
+        retry_once.delay()
+        wait_until(lambda: redis_db.llen(PUBLISHED_AT) == 2, timeout=60, what="the task and its retry ran")
+    first, second = (float(v) for v in redis_db.lrange(PUBLISHED_AT, 0, -1))
+    assert second > first, "a retry is a new publish: its header must be the newer time"
+    log = w.log()
+    assert log.count("scale-in protection off: no ECS_AGENT_URI") == 1
+    assert "REMAP_SIGTERM=SIGQUIT with task_acks_late=False" in log
+    assert "worker_prefetch_multiplier=4" in log
+    assert "ECS agent call" not in log
+
+
+def test_start_warnings_name_each_risky_setting() -> None:
+    def app_with(limit: float | None, **conf: object) -> Celery:
+        app = Celery("warnings", broker="redis://127.0.0.1:6379/6", set_as_current=False)
+        # The default limit too: tasks other apps in this process registered (shared) count as well.
+        app.conf.update(task_time_limit=limit, **conf)
+
+        @app.task(name="job", time_limit=limit, shared=False)
+        def job() -> None:
+            """A task whose only role is its time limit."""
+
+        return app
+
+    on_ecs = helper.resolve_settings(agent_uri="http://127.0.0.1:1", stop_timeout_s=120, environ={})
+    assert helper.settings_warnings(app_with(60, worker_prefetch_multiplier=1), on_ecs, {}) == []
+
+    risky = app_with(600, worker_prefetch_multiplier=4)
+    assert helper.longest_task_s(risky) == 600
+    warnings = " | ".join(helper.settings_warnings(risky, on_ecs, {}))
+    assert "tasks run up to 600 s but ECS SIGKILLs 120 s after SIGTERM" in warnings
+    assert "worker_prefetch_multiplier=4" in warnings
+
+    soft = app_with(60, task_acks_late=False, worker_soft_shutdown_timeout=130)
+    warnings = " | ".join(helper.settings_warnings(soft, on_ecs, {"REMAP_SIGTERM": "SIGQUIT"}))
+    assert "task_acks_late=False" in warnings
+    assert "not below stop_timeout=120 s" in warnings
+
+    redelivered = app_with(600, task_acks_late=True, broker_transport_options={"visibility_timeout": 300})
+    assert "run twice" in " | ".join(helper.settings_warnings(redelivered, on_ecs, {}))
+    assert math.isinf(helper.longest_task_s(app_with(None)))
+
+
+def test_monitor_retries_a_failing_agent_without_blocking(tmp_path: Path) -> None:
+    """The monitor's own state machine with a controlled clock: protect, renew, fail, recover, release."""
+    busy = [True]
+    now = [1000.0]
+    with FakeEcsAgent() as agent:
+        settings = helper.resolve_settings(
+            agent_uri=agent.uri, protection_minutes=1, renew_before_s=50, release_after_idle_s=5, environ={}
+        )
+        monitor = helper.ProtectionMonitor(settings, busy=lambda: busy[0], clock=lambda: now[0])
+        monitor.step()
+        assert agent.enabled_flags() == [True]
+        now[0] += 5
+        monitor.step()  # still 55 s of protection left: no call
+        assert agent.enabled_flags() == [True]
+        now[0] += 6
+        agent.mode = "error"
+        monitor.step()  # renewal due, agent fails
+        now[0] += 1
+        monitor.step()  # waits retry_interval_s before the next try
+        assert len(agent.puts()) == 2
+        agent.mode = "ok"
+        now[0] += settings.retry_interval_s
+        monitor.step()
+        assert agent.enabled_flags() == [True, True, True]
+        busy[0] = False
+        now[0] += 1
+        monitor.step()  # idle for less than the debounce
+        now[0] += 5
+        monitor.step()
+        assert agent.enabled_flags() == [True, True, True, False]
+        assert monitor.protected_until is None
