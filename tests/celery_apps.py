@@ -32,7 +32,7 @@ class Worker:
     def is_ready(self) -> bool:
         """Celery logs ``<name> ready.`` once the consumer is subscribed to its queues."""
         if self.process.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
+            raise AssertionError(f"worker {self.name} exited with {self.process.returncode}")
         return f"{self.name} ready." in self.log()
 
 
@@ -84,7 +84,10 @@ def celery_worker(
         process = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(process, name, log_path)
     try:
-        wait_until(worker.is_ready, timeout=ready_timeout, what=f"worker {worker.name} to be ready")
+        try:
+            wait_until(worker.is_ready, timeout=ready_timeout, what=f"worker {worker.name} to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends with:\n{worker.log()[-4000:]}") from None
         yield worker
     finally:
         _stop(process, stop_timeout)

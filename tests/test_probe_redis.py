@@ -181,7 +181,8 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
         app.tasks["probe.noop"].apply_async(queue="later", countdown=3600)
     now = [time.time()]
     client, sent = counting_client(redis_url_for(3))
-    probe = RedisProbe(BrokerConfig(unacked_scan_interval_s=1e9), client=client, clock=lambda: now[0])
+    start = now[0]
+    probe = RedisProbe(BrokerConfig(unacked_scan_interval_s=5000), client=client, clock=lambda: now[0])
 
     with probe_worker(redis_db, ["later"], acks_late=False):
         wait_until(lambda: redis_db.hlen("unacked") == 3, what="the worker to fetch the ETA tasks")
@@ -189,11 +190,15 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
         assert (measured.queues["later"].waiting, measured.queues["later"].unacked) == (0, 0)
         assert measured.unacked_total == 3
 
-        now[0] += 7200  # past the ETA: the worker runs them now, so they are in flight
+        now[0] = start + 3700  # past the ETA: the worker runs them now, so they are in flight
         sent[0] = 0
-        measured = probe.measure(["later"])
-        assert measured.queues["later"].unacked == 3
+        assert probe.measure(["later"]).queues["later"].unacked == 3
         assert sent[0] == 1  # from the last scan's ETAs, without scanning again
+
+        now[0] = start + 5000  # the scan interval has passed: HSCAN again, in extra round trips
+        sent[0] = 0
+        assert probe.measure(["later"]).queues["later"].unacked == 3
+        assert sent[0] > 1
 
     # Warm shutdown puts the ETA messages back on the queue.
     wait_until(lambda: redis_db.llen("later") == 3, what="ETA messages restored")
