@@ -14,6 +14,7 @@ from celery_autoscaler.policy import PoolState
 from celery_autoscaler.state import (
     DynamoStateStore,
     InMemoryStateStore,
+    ReadOnlyStateStore,
     StateConflictError,
     StateStore,
     StateStoreError,
@@ -124,3 +125,11 @@ def test_missing_table_is_a_store_error_not_a_conflict() -> None:
         DynamoStateStore("absent").load(["default"])
     with pytest.raises(StateStoreError, match="'absent'"):
         DynamoStateStore("absent").save("default", STATE)
+
+
+def test_read_only_store_reads_but_never_writes(store: StateStore) -> None:
+    saved = store.save("default", STATE)
+    read_only = ReadOnlyStateStore(store)
+    assert read_only.load(["default"])["default"] == saved
+    assert read_only.save("default", saved).version == 2
+    assert store.load(["default"])["default"] == saved

@@ -150,3 +150,16 @@ class DynamoStateStore:
         except BotoCoreError as exc:
             raise StateStoreError(f"writing pool {pool!r} to state table {self.table!r} failed: {exc}") from exc
         return saved
+
+
+class ReadOnlyStateStore:
+    """Reads another store and never writes: a CLI dry run must not disturb the live scaler's state."""
+
+    def __init__(self, source: StateStore) -> None:
+        self.source = source
+
+    def load(self, pools: Sequence[str]) -> dict[str, PoolState]:
+        return self.source.load(pools)
+
+    def save(self, pool: str, state: PoolState) -> PoolState:
+        return replace(state, version=state.version + 1)

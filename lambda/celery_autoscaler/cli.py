@@ -1,0 +1,187 @@
+"""``celery-autoscaler``: measure queues, or run one scaler tick, from a shell.
+
+Exit codes: 0 ok, 1 the tick ran but some pool failed (ECS or state), 2 bad config or arguments
+(the message names the field), 3 broker unreachable.
+
+Subcommands register themselves through :data:`SUBCOMMANDS`: a new one is one function that adds
+its parser (with ``set_defaults(run=...)``) plus one entry in that list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from celery_autoscaler.config import (
+    DEFAULT_PRIORITY_SEP,
+    DEFAULT_PUBLISH_TIME_HEADER,
+    BrokerConfig,
+    ConfigError,
+    load_config,
+)
+from celery_autoscaler.probe import BrokerUnavailableError
+
+EXIT_OK = 0
+EXIT_POOL_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_BROKER = 3
+
+
+def _unescape(value: str) -> str:
+    r"""Let shells pass Celery's separator as ``\x06\x16`` (escapes decoded) or literally."""
+    return codecs.decode(value, "unicode_escape") if "\\" in value else value
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+# --- measure -------------------------------------------------------------------------------------
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    """Read the named queues once, attributing unacked messages at once (not at the Lambda's cadence)."""
+    from celery_autoscaler.probe.redis import RedisProbe
+
+    url: str = args.broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        raise ConfigError("--broker-url", "must start with redis:// or rediss://")
+    if not args.priority_sep:
+        raise ConfigError("--priority-sep", "must not be empty")
+    broker = BrokerConfig(
+        url=url,
+        key_prefix=args.key_prefix,
+        priority_sep=args.priority_sep,
+        publish_time_header=args.publish_time_header,
+        unacked_scan_interval_s=0,
+        unacked_scan_cap=args.unacked_scan_cap,
+    )
+    probe = RedisProbe.from_config(broker, url)
+    try:
+        measured = probe.measure(args.queue)
+    except ValueError as exc:  # redis-py rejects a malformed URL only when it connects
+        raise ConfigError("--broker-url", str(exc)) from exc
+    finally:
+        probe.close()
+    queues = {
+        name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
+        for name, q in measured.queues.items()
+    }
+    if args.json:
+        _print_json({"queues": queues, "unacked_total": measured.unacked_total})
+        return EXIT_OK
+    print(f"{'queue':<30} {'waiting':>8} {'unacked':>8} {'oldest_s':>9}")
+    for name, q in queues.items():
+        age = "-" if q["oldest_age_s"] is None else f"{q['oldest_age_s']:.1f}"
+        unacked = "?" if q["unacked"] is None else str(q["unacked"])
+        print(f"{name:<30} {q['waiting']:>8} {unacked:>8} {age:>9}")
+    print(f"unacked in total: {measured.unacked_total}")
+    return EXIT_OK
+
+
+def add_measure(subparsers: Any) -> None:
+    parser = subparsers.add_parser("measure", help="print waiting, unacked and age of Celery queues on Redis")
+    parser.add_argument("--broker-url", required=True, help="redis:// or rediss:// URL, db in the path")
+    parser.add_argument("--queue", action="append", required=True, help="queue name (repeat for more)")
+    parser.add_argument("--key-prefix", default="", help="Celery's global_keyprefix (default none)")
+    parser.add_argument(
+        "--priority-sep",
+        default=DEFAULT_PRIORITY_SEP,
+        type=_unescape,
+        help=r"priority separator; escapes allowed (default Celery's \x06\x16)",
+    )
+    parser.add_argument("--publish-time-header", default=DEFAULT_PUBLISH_TIME_HEADER)
+    parser.add_argument("--unacked-scan-cap", type=int, default=10_000, help="skip attribution above this many")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_measure)
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """One real tick against AWS (or ``AWS_ENDPOINT_URL*``), printing what each pool saw and decided."""
+    from celery_autoscaler.ecs import EcsActuator
+    from celery_autoscaler.probe.redis import RedisProbe
+    from celery_autoscaler.secrets import broker_url
+    from celery_autoscaler.state import DynamoStateStore, InMemoryStateStore, ReadOnlyStateStore, StateStore
+    from celery_autoscaler.tick import run_tick
+
+    try:
+        text = Path(args.config).read_text()
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {args.config}: {exc.strerror}") from exc
+    config = load_config(text)
+    dry_run = bool(args.dry_run or config.dry_run)
+    store: StateStore = InMemoryStateStore() if config.state_table is None else DynamoStateStore(config.state_table)
+    if dry_run:
+        store = ReadOnlyStateStore(store)
+    probe = RedisProbe.from_config(config.broker, broker_url(config.broker))
+    try:
+        result = run_tick(config, probe, EcsActuator(config.cluster), store, time.time(), dry_run=dry_run)
+    finally:
+        probe.close()
+    if args.json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "broker_error": result.broker_error,
+                "pools": [outcome.as_dict() for outcome in result.outcomes],
+            }
+        )
+    else:
+        for outcome in result.outcomes:
+            verdict = "acted" if outcome.acted else ("dry run" if dry_run else "no change")
+            reason = outcome.decision.reason if outcome.decision else "-"
+            print(f"{outcome.pool}: {reason} [{verdict}]" + (f" ERROR {outcome.error}" if outcome.error else ""))
+    if result.broker_error is not None:
+        print(f"celery-autoscaler: {result.broker_error}", file=sys.stderr)
+        return EXIT_BROKER
+    return EXIT_POOL_FAILED if result.errors else EXIT_OK
+
+
+def add_evaluate(subparsers: Any) -> None:
+    parser = subparsers.add_parser("evaluate", help="run one scaler tick with a config file and print the decisions")
+    parser.add_argument("--config", required=True, help="the scaler's JSON config document")
+    parser.add_argument("--dry-run", action="store_true", help="decide and print, but do not UpdateService")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_evaluate)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate]
+"""Each entry adds one subcommand's parser to the ``subparsers`` it is given."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="celery-autoscaler",
+        description="Scale Celery worker pools on ECS from their Redis queues.",
+        epilog="exit codes: 0 ok, 1 a pool failed, 2 bad config, 3 broker unreachable",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"celery-autoscaler: bad config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BrokerUnavailableError as exc:
+        print(f"celery-autoscaler: broker unreachable: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+
+
+if __name__ == "__main__":
+    sys.exit(main())
