@@ -102,6 +102,14 @@ def test_settings_defaults_caps_and_environment() -> None:
     assert not off.protection
     assert off.protection_url is None
     assert helper.resolve_settings(environ={"CELERY_AUTOSCALER_STOP_TIMEOUT": "120"}).stop_timeout_s == 120
+    assert (
+        helper.resolve_settings(environ={"CELERY_AUTOSCALER_PUBLISH_TIME_HEADER": "x_t"}).publish_time_header == "x_t"
+    )
+    module_env = {"CELERY_TASK_ACKS_LATE": "true", "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}
+    assert helper.celery_settings_from_env({**module_env, "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "soon"}) == {
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+    }
     with pytest.raises(ValueError, match="release_after_idle_s"):
         helper.resolve_settings(release_after_idle_s=0, environ={})
 
@@ -188,7 +196,7 @@ def test_no_agent_logs_one_noop_and_retries_get_a_new_publish_time(
     risky = {
         "SAFE_BROKER_URL": BROKER,
         "REMAP_SIGTERM": "SIGQUIT",
-        "SAFE_PREFETCH": "4",
+        "CELERY_WORKER_PREFETCH_MULTIPLIER": "4",
         "SAFE_TIME_LIMIT_S": "300",
         "CELERY_AUTOSCALER_STOP_TIMEOUT": "30",
     }

@@ -33,6 +33,7 @@ from celery_autoscaler.config import DEFAULT_PUBLISH_TIME_HEADER
 logger = logging.getLogger("celery_autoscaler.worker")
 
 ENV_AGENT_URI = "ECS_AGENT_URI"
+ENV_PUBLISH_TIME_HEADER = "CELERY_AUTOSCALER_PUBLISH_TIME_HEADER"
 ENV_PROTECTION = "CELERY_AUTOSCALER_SCALE_IN_PROTECTION"
 ENV_PROTECTION_MINUTES = "CELERY_AUTOSCALER_PROTECTION_MINUTES"
 ENV_STOP_TIMEOUT = "CELERY_AUTOSCALER_STOP_TIMEOUT"
@@ -42,6 +43,18 @@ MAX_PROTECTION_MINUTES = 2880  # the ECS agent's own limit (48 h)
 FARGATE_DEFAULT_STOP_TIMEOUT_S = 30.0  # what ECS waits between SIGTERM and SIGKILL when unset
 REDIS_DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(raw: str) -> bool:
+    return raw.strip().lower() not in _FALSE
+
+
+# Celery settings the Terraform module passes per pool as environment; install() applies them.
+ENV_CELERY_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "CELERY_TASK_ACKS_LATE": ("task_acks_late", _parse_bool),
+    "CELERY_WORKER_PREFETCH_MULTIPLIER": ("worker_prefetch_multiplier", int),
+    "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": ("worker_soft_shutdown_timeout", float),
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ _monitor_lock = threading.Lock()
 def install(
     app: Celery,
     *,
-    publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER,
+    publish_time_header: str | None = None,
     protection: bool | None = None,
     protection_minutes: int | None = None,
     release_after_idle_s: float = 10.0,
@@ -87,14 +100,19 @@ def install(
     agent_timeout_s: float = 2.0,
     stop_timeout_s: float | None = None,
     poll_interval_s: float = 1.0,
+    apply_env_settings: bool = True,
 ) -> WorkerSettings:
     """Enable publish-time stamping, scale-in protection and start-up warnings for ``app``.
 
     Safe to call more than once (the last call's settings win, handlers are connected once) and in
     any process: producers only get the stamping, workers also get protection and warnings.
     ``None`` arguments come from the environment the Terraform module sets, then from the defaults.
+    With ``apply_env_settings`` the Celery settings in ``ENV_CELERY_SETTINGS`` found in the
+    environment override the app's own (lazily: a later ``config_from_object`` keeps them).
     """
     global _publish_headers
+    if apply_env_settings:
+        app.conf.update(celery_settings_from_env(os.environ))
     settings = resolve_settings(
         publish_time_header=publish_time_header,
         protection=protection,
@@ -117,7 +135,7 @@ def install(
 
 def resolve_settings(
     *,
-    publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER,
+    publish_time_header: str | None = None,
     protection: bool | None = None,
     protection_minutes: int | None = None,
     release_after_idle_s: float = 10.0,
@@ -134,6 +152,8 @@ def resolve_settings(
     only logs and falls back, because it must not stop a web process from importing its Celery app.
     """
     env = os.environ if environ is None else environ
+    if publish_time_header is None:
+        publish_time_header = env.get(ENV_PUBLISH_TIME_HEADER) or DEFAULT_PUBLISH_TIME_HEADER
     if not publish_time_header:
         raise ValueError("publish_time_header must not be empty")
     for name, value in (
@@ -145,7 +165,7 @@ def resolve_settings(
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
     if protection is None:
-        protection = env.get(ENV_PROTECTION, "true").strip().lower() not in _FALSE
+        protection = _parse_bool(env.get(ENV_PROTECTION, "true"))
     if protection_minutes is None:
         protection_minutes = int(_env_number(env, ENV_PROTECTION_MINUTES) or 60)
     minutes = min(max(int(protection_minutes), MIN_PROTECTION_MINUTES), MAX_PROTECTION_MINUTES)
@@ -174,6 +194,20 @@ def resolve_settings(
         stop_timeout_s=stop_timeout_s,
         poll_interval_s=float(poll_interval_s),
     )
+
+
+def celery_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Celery settings found in ``ENV_CELERY_SETTINGS`` variables; unparsable values are logged and skipped."""
+    found: dict[str, Any] = {}
+    for variable, (setting, parse) in ENV_CELERY_SETTINGS.items():
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        try:
+            found[setting] = parse(raw)
+        except ValueError:
+            logger.warning("%s=%r is not valid for %s; ignored", variable, raw, setting)
+    return found
 
 
 def _env_number(env: Mapping[str, str], name: str) -> float | None:

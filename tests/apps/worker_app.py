@@ -33,15 +33,14 @@ def _env_float(name: str) -> float | None:
 app = Celery("worker_app", broker=BROKER_URL)
 app.conf.update(
     task_default_queue=QUEUE,
-    task_acks_late=os.environ.get("SAFE_ACKS_LATE", "0") == "1",
-    worker_prefetch_multiplier=int(os.environ.get("SAFE_PREFETCH", "1")),
-    worker_soft_shutdown_timeout=_env_float("SAFE_SOFT_SHUTDOWN_S") or 0.0,
     task_time_limit=_env_float("SAFE_TIME_LIMIT_S"),
     broker_transport_options={"visibility_timeout": _env_float("SAFE_VISIBILITY_TIMEOUT_S") or 3600.0},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
-# The helper under test, with short protection windows so a test sees renewals in seconds.
+# The helper under test, with short protection windows so a test sees renewals in seconds. It also
+# applies CELERY_TASK_ACKS_LATE, CELERY_WORKER_PREFETCH_MULTIPLIER and CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT
+# from the environment, exactly as the Terraform module passes them to a pool.
 SETTINGS = autoscaler_worker.install(
     app,
     protection_minutes=int(os.environ.get("SAFE_PROTECTION_MINUTES", "60")),

@@ -24,7 +24,7 @@ class WorkerProcess:
         self.name = name
         self.hostname = f"{name}@test"
         self.log_path = log_dir / f"{name}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECS_", "CELERY_AUTOSCALER_", "SAFE_"))}
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECS_", "CELERY_", "SAFE_", "REMAP_"))}
         full_env.update(env)
         full_env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(ROOT / "lambda")])
         command = [sys.executable, "-m", "celery", "-A", "apps.worker_app", "worker", "-P", "prefork"]
