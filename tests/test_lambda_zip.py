@@ -30,6 +30,8 @@ for name in modules:
     importlib.import_module(name)
 import redis
 assert pathlib.Path(redis.__file__).is_relative_to(zipdir), redis.__file__
+from celery_autoscaler.handler import lambda_handler  # the module's aws_lambda_function.handler
+assert callable(lambda_handler)
 print(sys.version.split()[0], importlib.metadata.version("redis"), " ".join(modules))
 """
 
@@ -85,5 +87,5 @@ def test_zip_imports_with_only_the_lambda_runtime_beside_it(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     version, redis_version, *modules = result.stdout.split()
     assert redis_version == "8.1.0"
-    assert "celery_autoscaler.config" in modules
+    assert "celery_autoscaler.handler" in modules
     print(f"imported {len(modules)} modules on Python {version} with redis {redis_version}")
