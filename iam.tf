@@ -1,0 +1,292 @@
+locals {
+  # ARNs built from names so every policy below is exact at plan time.
+  cluster_iam_arn  = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:cluster/${local.cluster_name}"
+  scaler_log_arn   = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.scaler_log_group}"
+  scaler_dlq_name  = "${var.name}-scaler-dlq"
+  scaler_dlq_arn   = "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${local.scaler_dlq_name}"
+  kms_key_arns     = compact([var.kms_key_arn, var.broker.url_secret_kms_key_arn])
+  service_role_arn = "arn:${local.partition}:iam::aws:policy/service-role"
+
+  # Secrets the workers' containers read: the broker URL plus each pool's and beat's own.
+  container_secret_arns = distinct(concat(
+    [local.broker_secret_arn],
+    flatten([for p in var.worker_pools : values(p.secrets)]),
+    var.beat.enabled ? values(var.beat.secrets) : [],
+  ))
+  # A Secrets Manager valueFrom may end in ":json-key:stage:version"; IAM wants the secret's ARN.
+  container_secretsmanager_arns = distinct([for a in local.container_secret_arns : join(":", slice(split(":", a), 0, 7)) if strcontains(a, ":secretsmanager:")])
+  container_ssm_arns            = [for a in local.container_secret_arns : a if strcontains(a, ":ssm:")]
+
+  task_protection_enabled = anytrue([for p in var.worker_pools : p.scale_in_protection])
+
+  task_role_statements = concat(
+    local.task_protection_enabled ? [{
+      Sid      = "ScaleInProtection"
+      Effect   = "Allow"
+      Action   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+      Resource = [local.task_arn_pattern]
+    }] : [],
+    var.enable_execute_command ? [{
+      Sid      = "EcsExec"
+      Effect   = "Allow"
+      Action   = ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"]
+      Resource = ["*"]
+    }] : [],
+    [for s in var.task_role_policy_statements : merge(
+      { Effect = s.effect, Action = s.actions, Resource = s.resources },
+      s.sid != null ? { Sid = s.sid } : {},
+      length(s.conditions) > 0 ? { Condition = {
+        for test in distinct([for c in s.conditions : c.test]) : test => merge([for c in s.conditions : { (c.variable) = c.values } if c.test == test]...)
+      } } : {},
+    )],
+  )
+}
+
+################################################################################
+# Task execution role (ECS agent: pull the image, write logs, read the secrets)
+################################################################################
+
+resource "aws_iam_role" "task_execution" {
+  name                 = "${var.name}-task-execution"
+  description          = "ECS task execution role of the Celery workers of ${var.name}"
+  permissions_boundary = var.iam_permissions_boundary
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ecs-tasks.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
+    }]
+  })
+
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "task_execution" {
+  role       = aws_iam_role.task_execution.name
+  policy_arn = "${local.service_role_arn}/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_iam_role_policy" "task_execution" {
+  name = "secrets"
+  role = aws_iam_role.task_execution.name
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      [{
+        Sid      = "ContainerSecrets"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = local.container_secretsmanager_arns
+      }],
+      length(local.container_ssm_arns) > 0 ? [{
+        Sid      = "ContainerParameters"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameters"]
+        Resource = local.container_ssm_arns
+      }] : [],
+      length(local.kms_key_arns) > 0 ? [{
+        Sid      = "DecryptSecrets"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt"]
+        Resource = local.kms_key_arns
+      }] : [],
+    )
+  })
+}
+
+################################################################################
+# Task role (the Celery workers themselves)
+################################################################################
+
+resource "aws_iam_role" "task" {
+  name                 = "${var.name}-task"
+  description          = "ECS task role of the Celery workers of ${var.name}"
+  permissions_boundary = var.iam_permissions_boundary
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ecs-tasks.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = {
+        StringEquals = { "aws:SourceAccount" = local.account_id }
+        ArnLike      = { "aws:SourceArn" = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:*" }
+      }
+    }]
+  })
+
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy" "task" {
+  count = length(local.task_role_statements) > 0 ? 1 : 0
+
+  name   = "workers"
+  role   = aws_iam_role.task.name
+  policy = jsonencode({ Version = "2012-10-17", Statement = local.task_role_statements })
+}
+
+################################################################################
+# Scaler role (the Lambda)
+################################################################################
+
+resource "aws_iam_role" "scaler" {
+  count = var.scaler.enabled ? 1 : 0
+
+  name                 = local.scaler_name
+  description          = "Celery autoscaler Lambda of ${var.name}"
+  permissions_boundary = var.iam_permissions_boundary
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "lambda.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
+    }]
+  })
+
+  tags = local.tags
+}
+
+# ENI management for the VPC-attached Lambda (ec2:*NetworkInterface* cannot be scoped further).
+resource "aws_iam_role_policy_attachment" "scaler_vpc" {
+  count = var.scaler.enabled ? 1 : 0
+
+  role       = aws_iam_role.scaler[0].name
+  policy_arn = "${local.service_role_arn}/AWSLambdaVPCAccessExecutionRole"
+}
+
+resource "aws_iam_role_policy_attachment" "scaler_xray" {
+  count = var.scaler.enabled && var.scaler.tracing_mode != null ? 1 : 0
+
+  role       = aws_iam_role.scaler[0].name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
+}
+
+resource "aws_iam_role_policy" "scaler" {
+  count = var.scaler.enabled ? 1 : 0
+
+  name = "scaler"
+  role = aws_iam_role.scaler[0].name
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      [
+        {
+          Sid      = "ScaleOwnServices"
+          Effect   = "Allow"
+          Action   = ["ecs:DescribeServices", "ecs:UpdateService"]
+          Resource = values(local.pool_service_arns)
+        },
+        {
+          Sid       = "ListOwnClusterTasks"
+          Effect    = "Allow"
+          Action    = ["ecs:ListTasks"]
+          Resource  = ["*"]
+          Condition = { ArnEquals = { "ecs:cluster" = local.cluster_iam_arn } }
+        },
+        {
+          Sid      = "ReadTaskProtection"
+          Effect   = "Allow"
+          Action   = ["ecs:DescribeTasks", "ecs:GetTaskProtection"]
+          Resource = [local.task_arn_pattern]
+        },
+        {
+          Sid      = "StateTable"
+          Effect   = "Allow"
+          Action   = ["dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem"]
+          Resource = [local.scaler_state_arn]
+        },
+        {
+          Sid      = "BrokerUrl"
+          Effect   = "Allow"
+          Action   = ["secretsmanager:GetSecretValue"]
+          Resource = [local.broker_secret_arn]
+        },
+        {
+          Sid       = "Metrics"
+          Effect    = "Allow"
+          Action    = ["cloudwatch:PutMetricData"]
+          Resource  = ["*"]
+          Condition = { StringEquals = { "cloudwatch:namespace" = var.scaler.metrics_namespace } }
+        },
+        {
+          Sid      = "Logs"
+          Effect   = "Allow"
+          Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+          Resource = ["${local.scaler_log_arn}:*"]
+        },
+        {
+          Sid      = "DeadLetters"
+          Effect   = "Allow"
+          Action   = ["sqs:SendMessage"]
+          Resource = [local.scaler_dlq_arn]
+        },
+      ],
+      length(local.kms_key_arns) > 0 ? [{
+        Sid      = "Decrypt"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+        Resource = local.kms_key_arns
+      }] : [],
+    )
+  })
+}
+
+################################################################################
+# Scheduler role (EventBridge Scheduler invokes the Lambda every minute)
+################################################################################
+
+resource "aws_iam_role" "scheduler" {
+  count = var.scaler.enabled ? 1 : 0
+
+  name                 = "${var.name}-scaler-schedule"
+  description          = "EventBridge Scheduler role that invokes the Celery autoscaler of ${var.name}"
+  permissions_boundary = var.iam_permissions_boundary
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "scheduler.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
+    }]
+  })
+
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  count = var.scaler.enabled ? 1 : 0
+
+  name = "invoke-scaler"
+  role = aws_iam_role.scheduler[0].name
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      [
+        {
+          Sid      = "InvokeScaler"
+          Effect   = "Allow"
+          Action   = ["lambda:InvokeFunction"]
+          Resource = [local.scaler_function, "${local.scaler_function}:*"]
+        },
+        {
+          Sid      = "DeadLetters"
+          Effect   = "Allow"
+          Action   = ["sqs:SendMessage"]
+          Resource = [local.scaler_dlq_arn]
+        },
+      ],
+      var.kms_key_arn != null ? [{
+        Sid      = "EncryptDeadLetters"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+        Resource = [var.kms_key_arn]
+      }] : [],
+    )
+  })
+}

@@ -1,0 +1,127 @@
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  ################################################################################
+  # General
+  ################################################################################
+
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+  tags       = merge(var.tags, { "celery-ecs-autoscaler" = var.name })
+
+  # Valid Fargate memory (MiB) for each cpu value; used by the cpu/memory validations.
+  fargate_memory = {
+    "256"   = [512, 1024, 2048]
+    "512"   = range(1024, 4097, 1024)
+    "1024"  = range(2048, 8193, 1024)
+    "2048"  = range(4096, 16385, 1024)
+    "4096"  = range(8192, 30721, 1024)
+    "8192"  = range(16384, 61441, 4096)
+    "16384" = range(32768, 122881, 8192)
+  }
+
+  ################################################################################
+  # Cluster
+  ################################################################################
+
+  cluster_name = var.create_cluster ? var.name : element(split("/", var.cluster_arn), 1)
+  cluster_arn  = var.create_cluster ? aws_ecs_cluster.this[0].arn : var.cluster_arn
+
+  ################################################################################
+  # Workers
+  ################################################################################
+
+  # Service ARNs are built from names (not read back) so the scaler's IAM policy is exact at plan time.
+  pool_services      = { for pool, _ in var.worker_pools : pool => "${var.name}-${pool}" }
+  service_arn_prefix = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:service/${local.cluster_name}"
+  pool_service_arns  = { for pool, service in local.pool_services : pool => "${local.service_arn_prefix}/${service}" }
+  task_arn_pattern   = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${local.cluster_name}/*"
+  beat_service       = "${var.name}-beat"
+  worker_log_group   = "/ecs/${var.name}"
+
+  ################################################################################
+  # Broker
+  ################################################################################
+
+  broker_secret_arn = var.broker.create ? aws_secretsmanager_secret.broker[0].arn : var.broker.url_secret_arn
+
+  ################################################################################
+  # Scaler
+  ################################################################################
+
+  scaler_name       = "${var.name}-scaler"
+  state_table_name  = "${var.name}-scaler-state"
+  scaler_log_group  = "/aws/lambda/${local.scaler_name}"
+  scaler_package    = var.scaler.s3_bucket == null ? coalesce(var.scaler.package_path, "${path.module}/lambda/dist/celery-autoscaler-lambda.zip") : null
+  scaler_function   = "arn:${local.partition}:lambda:${local.region}:${local.account_id}:function:${local.scaler_name}"
+  scaler_state_arn  = "arn:${local.partition}:dynamodb:${local.region}:${local.account_id}:table/${local.state_table_name}"
+  scaler_vpc_access = "arn:${local.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+
+  # The scaler's configuration document: the schema of lambda/celery_autoscaler/config.py, key for key.
+  # It holds the broker secret's ARN, never the URL.
+  scaler_config = {
+    broker = {
+      url_secret_arn          = local.broker_secret_arn
+      key_prefix              = var.broker.key_prefix
+      priority_sep            = var.broker.priority_sep
+      publish_time_header     = var.broker.publish_time_header
+      unacked_scan_interval_s = var.broker.unacked_scan_interval_seconds
+      unacked_scan_cap        = var.broker.unacked_scan_cap
+      socket_timeout_s        = var.broker.socket_timeout_seconds
+    }
+    cluster = local.cluster_name
+    pools = { for pool, p in var.worker_pools : pool => {
+      service                   = local.pool_services[pool]
+      queues                    = p.queues
+      concurrency               = p.concurrency
+      min_workers               = p.min
+      max_workers               = p.max
+      target_utilisation        = p.target_utilisation
+      target_backlog_per_worker = p.target_backlog_per_worker
+      target_latency_s          = p.target_latency_seconds
+      max_scale_out_step        = p.max_scale_out_step
+      max_scale_in_percent      = p.max_scale_in_percent
+      scale_in_window_s         = p.scale_in_window_seconds
+      idle_window_s             = p.idle_window_seconds
+      stale_after_s             = p.stale_after_seconds
+      fallback_count            = p.fallback_count
+    } }
+    state_table          = local.state_table_name
+    tick_interval_s      = var.scaler.tick_interval_seconds
+    ticks_per_invocation = var.scaler.ticks_per_invocation
+    dry_run              = var.scaler.dry_run
+    metrics_namespace    = var.scaler.metrics_namespace
+  }
+}
+
+################################################################################
+# Cluster
+################################################################################
+
+resource "aws_ecs_cluster" "this" {
+  count = var.create_cluster ? 1 : 0
+
+  name = var.name
+
+  setting {
+    name  = "containerInsights"
+    value = var.container_insights ? "enabled" : "disabled"
+  }
+
+  tags = local.tags
+}
+
+resource "aws_ecs_cluster_capacity_providers" "this" {
+  count = var.create_cluster ? 1 : 0
+
+  cluster_name       = aws_ecs_cluster.this[0].name
+  capacity_providers = ["FARGATE", "FARGATE_SPOT"]
+
+  default_capacity_provider_strategy {
+    capacity_provider = "FARGATE"
+    weight            = 1
+  }
+}

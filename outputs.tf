@@ -1,0 +1,161 @@
+################################################################################
+# Cluster
+################################################################################
+
+output "cluster_name" {
+  description = "Name of the ECS cluster the services run in."
+  value       = local.cluster_name
+}
+
+output "cluster_arn" {
+  description = "ARN of the ECS cluster the services run in."
+  value       = local.cluster_arn
+}
+
+################################################################################
+# Workers
+################################################################################
+
+output "services" {
+  description = "Worker pool services by pool name: name, ARN and the queues the pool consumes."
+  value = { for pool, p in var.worker_pools : pool => {
+    name   = try(aws_ecs_service.worker[pool].name, null)
+    arn    = try(aws_ecs_service.worker[pool].id, null)
+    queues = p.queues
+  } }
+}
+
+output "task_definitions" {
+  description = "Worker task definition ARNs (with revision) by pool name."
+  value       = { for pool, td in aws_ecs_task_definition.worker : pool => td.arn }
+}
+
+output "beat_service_name" {
+  description = "Name of the Celery beat service, or null when beat is disabled."
+  value       = try(aws_ecs_service.beat[0].name, null)
+}
+
+output "beat_task_definition_arn" {
+  description = "ARN of the Celery beat task definition, or null when beat is disabled."
+  value       = try(aws_ecs_task_definition.beat[0].arn, null)
+}
+
+output "worker_log_group_name" {
+  description = "CloudWatch log group of the workers and beat (one stream prefix per pool)."
+  value       = try(aws_cloudwatch_log_group.workers.name, null)
+}
+
+################################################################################
+# Broker
+################################################################################
+
+output "broker_secret_arn" {
+  description = "ARN of the Secrets Manager secret holding the broker URL (the module's own or the one supplied). The URL itself is never an output."
+  value       = local.broker_secret_arn
+}
+
+output "redis_endpoint" {
+  description = "Primary endpoint address of the created Redis, or null with an existing broker."
+  value       = try(aws_elasticache_replication_group.broker[0].primary_endpoint_address, null)
+}
+
+output "redis_port" {
+  description = "Port of the created Redis, or null with an existing broker."
+  value       = var.broker.create ? var.broker.port : null
+}
+
+output "redis_replication_group_id" {
+  description = "Id of the created ElastiCache replication group, or null with an existing broker."
+  value       = try(aws_elasticache_replication_group.broker[0].id, null)
+}
+
+################################################################################
+# Scaler
+################################################################################
+
+output "scaler_function_name" {
+  description = "Name of the scaler Lambda function."
+  value       = try(aws_lambda_function.scaler[0].function_name, null)
+}
+
+output "scaler_function_arn" {
+  description = "ARN of the scaler Lambda function."
+  value       = try(aws_lambda_function.scaler[0].arn, null)
+}
+
+output "scaler_state_table_name" {
+  description = "Name of the scaler's DynamoDB state table."
+  value       = try(aws_dynamodb_table.scaler_state[0].name, null)
+}
+
+output "scaler_state_table_arn" {
+  description = "ARN of the scaler's DynamoDB state table."
+  value       = try(aws_dynamodb_table.scaler_state[0].arn, null)
+}
+
+output "scaler_dead_letter_queue_arn" {
+  description = "ARN of the SQS queue receiving failed or undeliverable scaler invocations."
+  value       = try(aws_sqs_queue.scaler_dlq[0].arn, null)
+}
+
+output "scaler_schedule_arn" {
+  description = "ARN of the EventBridge Scheduler schedule that invokes the scaler."
+  value       = try(aws_scheduler_schedule.scaler[0].arn, null)
+}
+
+output "scaler_config" {
+  description = "The scaler's configuration document (CELERY_AUTOSCALER_CONFIG), as an object. It names the broker secret's ARN, never the URL."
+  value       = local.scaler_config
+}
+
+################################################################################
+# IAM
+################################################################################
+
+output "task_execution_role_arn" {
+  description = "ARN of the ECS task execution role (image pull, logs, container secrets)."
+  value       = try(aws_iam_role.task_execution.arn, null)
+}
+
+output "task_role_arn" {
+  description = "ARN of the workers' task role (what the Celery tasks may call)."
+  value       = try(aws_iam_role.task.arn, null)
+}
+
+output "task_role_name" {
+  description = "Name of the workers' task role, to attach more policies from outside the module."
+  value       = try(aws_iam_role.task.name, null)
+}
+
+output "scaler_role_arn" {
+  description = "ARN of the scaler Lambda's role."
+  value       = try(aws_iam_role.scaler[0].arn, null)
+}
+
+################################################################################
+# Network
+################################################################################
+
+output "worker_security_group_id" {
+  description = "Security group of the workers and beat (allow it on an existing broker)."
+  value       = try(aws_security_group.workers.id, null)
+}
+
+output "scaler_security_group_id" {
+  description = "Security group of the scaler Lambda (allow it on an existing broker)."
+  value       = try(aws_security_group.scaler[0].id, null)
+}
+
+output "broker_security_group_id" {
+  description = "Security group of the created Redis, or null with an existing broker."
+  value       = try(aws_security_group.broker[0].id, null)
+}
+
+################################################################################
+# Monitoring
+################################################################################
+
+output "dashboard_name" {
+  description = "Name of the CloudWatch dashboard, or null when disabled."
+  value       = try(aws_cloudwatch_dashboard.this[0].dashboard_name, null)
+}

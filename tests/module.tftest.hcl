@@ -1,0 +1,564 @@
+# Shape of the module, planned and "applied" against a mocked AWS provider (nothing leaves the machine).
+# The real apply against an AWS emulator is tests/test_terraform_apply.py.
+
+mock_provider "aws" {
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012", arn = "arn:aws:iam::123456789012:user/test" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws", dns_suffix = "amazonaws.com" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "eu-west-1" }
+  }
+  mock_data "aws_secretsmanager_random_password" {
+    defaults = { random_password = "GeneratedToken0123456789abcdefGeneratedToken0123456789abcdef0123" }
+  }
+  mock_resource "aws_ecs_cluster" {
+    defaults = { arn = "arn:aws:ecs:eu-west-1:123456789012:cluster/celery" }
+  }
+  mock_resource "aws_secretsmanager_secret" {
+    defaults = { arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:celery-broker-url-AbCdEf" }
+  }
+  mock_resource "aws_elasticache_replication_group" {
+    defaults = { primary_endpoint_address = "master.celery.abc123.euw1.cache.amazonaws.com" }
+  }
+  mock_resource "aws_security_group" {
+    defaults = { id = "sg-0123456789abcdef0" }
+  }
+  mock_resource "aws_iam_role" {
+    defaults = { arn = "arn:aws:iam::123456789012:role/mock" }
+  }
+  mock_resource "aws_sqs_queue" {
+    defaults = { arn = "arn:aws:sqs:eu-west-1:123456789012:celery-scaler-dlq" }
+  }
+  mock_resource "aws_lambda_function" {
+    defaults = { arn = "arn:aws:lambda:eu-west-1:123456789012:function:celery-scaler" }
+  }
+  mock_resource "aws_ecs_task_definition" {
+    defaults = { arn = "arn:aws:ecs:eu-west-1:123456789012:task-definition/celery:1" }
+  }
+}
+
+variables {
+  name       = "celery"
+  vpc_id     = "vpc-0123456789abcdef0"
+  subnet_ids = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+  celery_app = "proj.celery"
+  worker_pools = {
+    default = {
+      image       = "registry.example.com/app:1"
+      queues      = ["celery", "emails"]
+      concurrency = 4
+      min         = 1
+      max         = 20
+      spot_weight = 50
+    }
+    reports = {
+      image                  = "registry.example.com/app:1"
+      queues                 = ["reports"]
+      cpu                    = 1024
+      memory                 = 2048
+      architecture           = "ARM64"
+      target_latency_seconds = 30
+      shutdown               = "soft"
+      stop_timeout           = 60
+      environment            = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      secrets                = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+    }
+  }
+  beat = { enabled = true }
+}
+
+run "workers_start_at_min_and_get_the_broker_url_as_a_secret" {
+  command = apply
+
+  assert {
+    condition     = aws_ecs_service.worker["default"].desired_count == 1 && aws_ecs_service.worker["reports"].desired_count == 0
+    error_message = "Each service must start at its pool's min."
+  }
+
+  assert {
+    condition = alltrue([for pool, td in aws_ecs_task_definition.worker : alltrue([
+      for c in jsondecode(td.container_definitions) : contains([for s in c.secrets : s.name if s.valueFrom == aws_secretsmanager_secret.broker[0].arn], "CELERY_BROKER_URL")
+    ])])
+    error_message = "Every worker container must receive CELERY_BROKER_URL from the broker secret."
+  }
+
+  assert {
+    condition = alltrue(flatten([for td in concat(values(aws_ecs_task_definition.worker), aws_ecs_task_definition.beat) : [
+      for c in jsondecode(td.container_definitions) : [for e in c.environment : e.name != "CELERY_BROKER_URL" && !strcontains(e.value, "redis")]
+    ]]))
+    error_message = "No broker URL may appear in a container's plain environment."
+  }
+
+  assert {
+    condition     = !strcontains(jsonencode(jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)), "rediss://")
+    error_message = "The broker URL must not be written into a task definition."
+  }
+
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.beat[0].container_definitions)[0].secrets[0].name == "CELERY_BROKER_URL"
+    error_message = "Beat must receive the broker URL as a secret too."
+  }
+
+  assert {
+    condition     = aws_ecs_service.beat[0].desired_count == 1 && aws_ecs_service.beat[0].deployment_maximum_percent == 100
+    error_message = "Beat runs exactly one task and never two during a deployment."
+  }
+
+  assert {
+    condition     = !aws_ecs_service.worker["default"].enable_execute_command && aws_ecs_service.worker["default"].propagate_tags == "SERVICE"
+    error_message = "ECS Exec is off by default and service tags propagate to tasks."
+  }
+}
+
+run "services_ignore_desired_count" {
+  command = apply
+
+  variables {
+    worker_pools = {
+      default = {
+        image       = "registry.example.com/app:1"
+        queues      = ["celery", "emails"]
+        concurrency = 4
+        min         = 3
+        max         = 20
+        spot_weight = 50
+      }
+      reports = {
+        image                  = "registry.example.com/app:1"
+        queues                 = ["reports"]
+        cpu                    = 1024
+        memory                 = 2048
+        architecture           = "ARM64"
+        target_latency_seconds = 30
+        shutdown               = "soft"
+        stop_timeout           = 60
+        environment            = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+        secrets                = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+      }
+    }
+  }
+
+  assert {
+    condition     = aws_ecs_service.worker["default"].desired_count == 1
+    error_message = "A changed min must not reset the desired count the scaler owns (lifecycle ignore_changes)."
+  }
+
+  assert {
+    condition     = output.scaler_config.pools.default.min_workers == 3
+    error_message = "The new min reaches the scaler's configuration."
+  }
+}
+
+run "safe_scale_in_settings" {
+  command = plan
+
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.worker["reports"].container_definitions)[0].stopTimeout == 60
+    error_message = "stop_timeout becomes the container's stopTimeout."
+  }
+
+  assert {
+    condition = {
+      for e in jsondecode(aws_ecs_task_definition.worker["reports"].container_definitions)[0].environment : e.name => e.value
+      if contains(["REMAP_SIGTERM", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", "CELERY_TASK_ACKS_LATE", "CELERY_WORKER_PREFETCH_MULTIPLIER", "CELERY_QUEUES", "CELERY_CONCURRENCY", "DJANGO_SETTINGS_MODULE"], e.name)
+      } == {
+      REMAP_SIGTERM                       = "SIGQUIT"
+      CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = "50"
+      CELERY_TASK_ACKS_LATE               = "true"
+      CELERY_WORKER_PREFETCH_MULTIPLIER   = "1"
+      CELERY_QUEUES                       = "reports"
+      CELERY_CONCURRENCY                  = "2"
+      DJANGO_SETTINGS_MODULE              = "proj.settings"
+    }
+    error_message = "A soft-shutdown pool gets REMAP_SIGTERM, a soft timeout 10 s under stopTimeout, acks_late and prefetch 1."
+  }
+
+  assert {
+    condition     = !contains([for e in jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)[0].environment : e.name], "REMAP_SIGTERM")
+    error_message = "A warm-shutdown pool keeps SIGTERM as warm shutdown."
+  }
+
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)[0].command == ["celery", "--app", "proj.celery", "worker", "--queues", "celery,emails", "--concurrency", "4", "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    error_message = "The default command consumes the pool's queues with its concurrency and prefetch 1."
+  }
+
+  assert {
+    condition     = aws_ecs_task_definition.worker["reports"].runtime_platform[0].cpu_architecture == "ARM64" && aws_ecs_task_definition.worker["reports"].cpu == "1024"
+    error_message = "architecture and cpu reach the task definition."
+  }
+
+  assert {
+    condition     = contains(jsondecode(aws_iam_role_policy.task[0].policy).Statement[*].Sid, "ScaleInProtection")
+    error_message = "Pools with scale_in_protection need ecs:UpdateTaskProtection on the task role."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.task[0].policy).Statement : s.Resource if s.Sid == "ScaleInProtection"][0] == ["arn:aws:ecs:eu-west-1:123456789012:task/celery/*"]
+    error_message = "Task protection is scoped to this cluster's tasks."
+  }
+}
+
+run "spot_weight_sets_the_capacity_provider_strategy" {
+  command = plan
+
+  assert {
+    condition     = { for s in aws_ecs_service.worker["default"].capacity_provider_strategy : s.capacity_provider => s.weight } == { FARGATE = 50, FARGATE_SPOT = 50 }
+    error_message = "spot_weight = 50 splits tasks evenly between FARGATE and FARGATE_SPOT."
+  }
+
+  assert {
+    condition     = { for s in aws_ecs_service.worker["reports"].capacity_provider_strategy : s.capacity_provider => s.weight } == { FARGATE = 100 }
+    error_message = "spot_weight = 0 places every task on FARGATE."
+  }
+
+  assert {
+    condition     = aws_ecs_cluster_capacity_providers.this[0].capacity_providers == toset(["FARGATE", "FARGATE_SPOT"])
+    error_message = "The cluster offers both Fargate capacity providers."
+  }
+}
+
+run "scaler_iam_is_scoped_to_this_module" {
+  command = apply
+
+  assert {
+    condition = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "ScaleOwnServices"][0] == [
+      "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-default",
+      "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-reports",
+    ]
+    error_message = "The scaler may describe/update exactly this module's worker services (not beat, not '*')."
+  }
+
+  assert {
+    condition     = alltrue([for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : !contains(s.Resource, "*") || can(s.Condition)])
+    error_message = "A scaler statement on Resource '*' must carry a condition that scopes it."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Condition if s.Sid == "ListOwnClusterTasks"][0] == { ArnEquals = { "ecs:cluster" = "arn:aws:ecs:eu-west-1:123456789012:cluster/celery" } }
+    error_message = "ecs:ListTasks is limited to this cluster."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Condition if s.Sid == "Metrics"][0] == { StringEquals = { "cloudwatch:namespace" = "CeleryAutoscaler" } }
+    error_message = "PutMetricData is limited to the scaler's namespace."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "StateTable"][0] == ["arn:aws:dynamodb:eu-west-1:123456789012:table/celery-scaler-state"]
+    error_message = "DynamoDB access is limited to the state table."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "BrokerUrl"][0] == [aws_secretsmanager_secret.broker[0].arn]
+    error_message = "The scaler reads only the broker secret."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.task_execution.policy).Statement : s.Resource if s.Sid == "ContainerSecrets"][0] == [aws_secretsmanager_secret.broker[0].arn, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf"]
+    error_message = "The execution role reads the broker secret and the pools' secrets (JSON-key suffix stripped), nothing else."
+  }
+
+  assert {
+    condition = alltrue([for r in [aws_iam_role.task_execution, aws_iam_role.task, aws_iam_role.scaler[0], aws_iam_role.scheduler[0]] :
+    jsondecode(r.assume_role_policy).Statement[0].Condition.StringEquals["aws:SourceAccount"] == "123456789012"])
+    error_message = "Every assume-role policy carries an aws:SourceAccount condition."
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role_policy.scheduler[0].policy).Statement[0].Resource == ["arn:aws:lambda:eu-west-1:123456789012:function:celery-scaler", "arn:aws:lambda:eu-west-1:123456789012:function:celery-scaler:*"]
+    error_message = "The schedule's role may invoke only the scaler."
+  }
+}
+
+run "scaler_lambda_schedule_and_state" {
+  command = apply
+
+  assert {
+    condition = (
+      aws_lambda_function.scaler[0].runtime == "python3.12" &&
+      aws_lambda_function.scaler[0].architectures == tolist(["arm64"]) &&
+      aws_lambda_function.scaler[0].handler == "celery_autoscaler.handler.lambda_handler" &&
+      aws_lambda_function.scaler[0].reserved_concurrent_executions == 1 &&
+      aws_lambda_function.scaler[0].timeout == 70
+    )
+    error_message = "The scaler Lambda: python3.12 on arm64, the package's handler, one concurrent invocation, 70 s."
+  }
+
+  assert {
+    condition     = aws_lambda_function.scaler[0].source_code_hash == filebase64sha256("${path.module}/lambda/dist/celery-autoscaler-lambda.zip")
+    error_message = "The Lambda is deployed from the committed zip, redeployed when its bytes change."
+  }
+
+  assert {
+    condition     = aws_lambda_function.scaler[0].environment[0].variables.CELERY_AUTOSCALER_CONFIG == jsonencode(output.scaler_config)
+    error_message = "The Lambda's CELERY_AUTOSCALER_CONFIG is the scaler_config output."
+  }
+
+  assert {
+    condition     = length(aws_lambda_function.scaler[0].vpc_config[0].subnet_ids) == 2 && aws_lambda_function.scaler[0].dead_letter_config[0].target_arn == aws_sqs_queue.scaler_dlq[0].arn
+    error_message = "The Lambda runs in the private subnets and sends failed invocations to the dead-letter queue."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.scaler_dlq[0].sqs_managed_sse_enabled
+    error_message = "The dead-letter queue is encrypted."
+  }
+
+  assert {
+    condition = (
+      aws_scheduler_schedule.scaler[0].schedule_expression == "rate(1 minute)" &&
+      aws_scheduler_schedule.scaler[0].target[0].arn == aws_lambda_function.scaler[0].arn &&
+      aws_scheduler_schedule.scaler[0].target[0].retry_policy[0].maximum_retry_attempts == 0
+    )
+    error_message = "EventBridge Scheduler invokes the scaler every minute without retries."
+  }
+
+  assert {
+    condition = (
+      aws_dynamodb_table.scaler_state[0].billing_mode == "PAY_PER_REQUEST" &&
+      aws_dynamodb_table.scaler_state[0].hash_key == "pool" &&
+      one(aws_dynamodb_table.scaler_state[0].attribute).type == "S" &&
+      aws_dynamodb_table.scaler_state[0].point_in_time_recovery[0].enabled &&
+      aws_dynamodb_table.scaler_state[0].server_side_encryption[0].enabled
+    )
+    error_message = "The state table: on demand, hash key pool (S), point-in-time recovery and encryption on."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_log_group.scaler[0].retention_in_days == 30 && aws_cloudwatch_log_group.workers.retention_in_days == 30
+    error_message = "Both log groups keep logs for log_retention_days."
+  }
+}
+
+run "scaler_config_matches_the_python_schema" {
+  command = plan
+
+  assert {
+    condition     = toset(keys(output.scaler_config)) == toset(["broker", "cluster", "pools", "state_table", "tick_interval_s", "ticks_per_invocation", "dry_run", "metrics_namespace"])
+    error_message = "Top-level keys of the config are exactly config.py's."
+  }
+
+  assert {
+    condition     = toset(keys(output.scaler_config.broker)) == toset(["url_secret_arn", "key_prefix", "priority_sep", "publish_time_header", "unacked_scan_interval_s", "unacked_scan_cap", "socket_timeout_s"])
+    error_message = "Broker keys of the config are config.py's (url_secret_arn, never url)."
+  }
+
+  assert {
+    condition = alltrue([for p in output.scaler_config.pools : toset(keys(p)) == toset([
+      "service", "queues", "concurrency", "min_workers", "max_workers", "target_utilisation", "target_backlog_per_worker",
+      "target_latency_s", "max_scale_out_step", "max_scale_in_percent", "scale_in_window_s", "idle_window_s", "stale_after_s", "fallback_count",
+    ])])
+    error_message = "Pool keys of the config are config.py's."
+  }
+
+  assert {
+    condition     = output.scaler_config.pools.reports.target_latency_s == 30 && output.scaler_config.pools.default.service == "celery-default" && output.scaler_config.cluster == "celery"
+    error_message = "Pool settings reach the config under the scaler's names."
+  }
+
+  assert {
+    condition     = !can(output.scaler_config.pools.beat)
+    error_message = "Beat is not a scaled pool."
+  }
+}
+
+run "redis_is_encrypted_and_reachable_only_from_workers_and_scaler" {
+  command = apply
+
+  assert {
+    condition     = aws_elasticache_replication_group.broker[0].transit_encryption_enabled && aws_elasticache_replication_group.broker[0].at_rest_encryption_enabled
+    error_message = "Redis encrypts in transit and at rest."
+  }
+
+  assert {
+    condition     = nonsensitive(aws_elasticache_replication_group.broker[0].auth_token == "GeneratedToken0123456789abcdefGeneratedToken0123456789abcdef0123")
+    error_message = "Without broker_auth_token the token comes from GetRandomPassword."
+  }
+
+  assert {
+    condition     = nonsensitive(aws_secretsmanager_secret_version.broker[0].secret_string == "rediss://:GeneratedToken0123456789abcdefGeneratedToken0123456789abcdef0123@master.celery.abc123.euw1.cache.amazonaws.com:6379/0")
+    error_message = "The broker secret holds the full rediss:// URL with the token."
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_security_group_ingress_rule.broker)) == toset(["workers", "scaler"]) && alltrue([for r in aws_vpc_security_group_ingress_rule.broker : r.from_port == 6379 && r.cidr_ipv4 == null])
+    error_message = "Only the workers' and the scaler's security groups reach Redis, on its port."
+  }
+
+  assert {
+    condition     = output.redis_endpoint == "master.celery.abc123.euw1.cache.amazonaws.com" && output.redis_port == 6379
+    error_message = "The Redis endpoint and port are outputs."
+  }
+
+  assert {
+    condition     = !strcontains(jsonencode([output.scaler_config, output.services, output.broker_secret_arn, output.redis_endpoint]), "GeneratedToken")
+    error_message = "No output carries the auth token."
+  }
+}
+
+run "later_token_changes_are_ignored" {
+  command = apply
+
+  variables {
+    broker_auth_token = "Supplied-Token_0123456789"
+  }
+
+  assert {
+    condition     = nonsensitive(aws_secretsmanager_secret_version.broker[0].secret_string == "rediss://:GeneratedToken0123456789abcdefGeneratedToken0123456789abcdef0123@master.celery.abc123.euw1.cache.amazonaws.com:6379/0")
+    error_message = "Once created, the token stays (a new value from GetRandomPassword on every plan must not churn Redis)."
+  }
+}
+
+run "supplied_auth_token_is_used" {
+  command   = apply
+  state_key = "supplied-token"
+
+  variables {
+    broker_auth_token = "Supplied-Token_0123456789"
+  }
+
+  assert {
+    condition     = nonsensitive(aws_secretsmanager_secret_version.broker[0].secret_string == "rediss://:Supplied-Token_0123456789@master.celery.abc123.euw1.cache.amazonaws.com:6379/0")
+    error_message = "A supplied token is used in the broker URL."
+  }
+
+  assert {
+    condition     = length(data.aws_secretsmanager_random_password.broker) == 0
+    error_message = "No password is generated when one is supplied."
+  }
+}
+
+run "existing_broker_and_cluster" {
+  command = plan
+
+  variables {
+    create_cluster = false
+    cluster_arn    = "arn:aws:ecs:eu-west-1:123456789012:cluster/shared"
+    broker = {
+      create         = false
+      url_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:broker-url-XyZ123"
+    }
+  }
+
+  assert {
+    condition     = length(aws_elasticache_replication_group.broker) == 0 && length(aws_secretsmanager_secret.broker) == 0 && length(aws_ecs_cluster.this) == 0
+    error_message = "No Redis, secret or cluster is created when existing ones are given."
+  }
+
+  assert {
+    condition     = output.broker_secret_arn == "arn:aws:secretsmanager:eu-west-1:123456789012:secret:broker-url-XyZ123" && output.scaler_config.broker.url_secret_arn == output.broker_secret_arn
+    error_message = "The existing broker secret is what the scaler reads."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)[0].secrets : s.valueFrom if s.name == "CELERY_BROKER_URL"] == ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:broker-url-XyZ123"]
+    error_message = "Workers read the existing broker secret."
+  }
+
+  assert {
+    condition     = aws_ecs_service.worker["default"].cluster == "arn:aws:ecs:eu-west-1:123456789012:cluster/shared" && output.scaler_config.cluster == "shared"
+    error_message = "Services and the scaler use the existing cluster."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "ScaleOwnServices"][0][0] == "arn:aws:ecs:eu-west-1:123456789012:service/shared/celery-default"
+    error_message = "Service ARNs in the scaler policy follow the existing cluster's name."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.scaler_broker[0].cidr_ipv4 == "0.0.0.0/0" && aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 6379
+    error_message = "The scaler may reach an existing broker's port."
+  }
+}
+
+run "options_off_and_overrides" {
+  command = plan
+
+  variables {
+    worker_pools = {
+      default = { image = "app:1", queues = ["celery"], scale_in_protection = false }
+    }
+    beat       = { enabled = false }
+    monitoring = { dashboard = false, alarms = false }
+    scaler = {
+      s3_bucket = "artifacts"
+      s3_key    = "celery-autoscaler.zip"
+      dry_run   = true
+    }
+    task_role_policy_statements = [{
+      sid        = "Uploads"
+      actions    = ["s3:PutObject"]
+      resources  = ["arn:aws:s3:::uploads/*"]
+      conditions = [{ test = "StringEquals", variable = "s3:x-amz-acl", values = ["private"] }]
+    }]
+  }
+
+  assert {
+    condition     = length(aws_ecs_service.beat) == 0 && length(aws_cloudwatch_dashboard.this) == 0 && length(aws_cloudwatch_metric_alarm.oldest_task_age) == 0
+    error_message = "Beat, dashboard and alarms can be switched off."
+  }
+
+  assert {
+    condition     = aws_lambda_function.scaler[0].s3_bucket == "artifacts" && aws_lambda_function.scaler[0].filename == null && output.scaler_config.dry_run
+    error_message = "The package can come from S3; dry_run reaches the config."
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role_policy.task[0].policy).Statement == [{ Sid = "Uploads", Effect = "Allow", Action = ["s3:PutObject"], Resource = ["arn:aws:s3:::uploads/*"], Condition = { StringEquals = { "s3:x-amz-acl" = ["private"] } } }]
+    error_message = "Extra task role statements are added as given; no task protection permission without scale_in_protection."
+  }
+}
+
+run "vpc_endpoints" {
+  command = plan
+
+  variables {
+    vpc_endpoints = { enabled = true, route_table_ids = ["rtb-0123456789abcdef0"] }
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_endpoint.interface)) == toset(["ecs", "logs", "monitoring", "secretsmanager"]) && keys(aws_vpc_endpoint.gateway) == ["dynamodb"]
+    error_message = "Interface endpoints for ECS, Logs, CloudWatch and Secrets Manager; a gateway endpoint for DynamoDB."
+  }
+
+  assert {
+    condition     = aws_vpc_endpoint.interface["ecs"].service_name == "com.amazonaws.eu-west-1.ecs" && aws_vpc_endpoint.gateway["dynamodb"].route_table_ids == toset(["rtb-0123456789abcdef0"])
+    error_message = "Endpoints use the region's service names and the given route tables."
+  }
+}
+
+run "monitoring" {
+  command = plan
+
+  assert {
+    condition     = toset(keys(aws_cloudwatch_metric_alarm.oldest_task_age)) == toset(["default", "reports"]) && aws_cloudwatch_metric_alarm.oldest_task_age["default"].threshold == 900
+    error_message = "One oldest-task-age alarm per pool."
+  }
+
+  assert {
+    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 2 + 3 * 2
+    error_message = "The dashboard has the scaler's widgets and three per pool."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.scaler_lambda_errors[0].dimensions.FunctionName == "celery-scaler" && aws_cloudwatch_metric_alarm.scaler_errors[0].namespace == "CeleryAutoscaler"
+    error_message = "The scaler's alarms watch its function and its metrics namespace."
+  }
+}
+
+run "config_too_large_for_the_lambda_environment" {
+  command = plan
+
+  variables {
+    worker_pools = { for i in range(30) : "pool-${i}" => {
+      image  = "app:1"
+      queues = ["a-rather-long-queue-name-for-pool-${i}-number-one", "a-rather-long-queue-name-for-pool-${i}-number-two"]
+    } }
+  }
+
+  expect_failures = [aws_lambda_function.scaler]
+}

@@ -1,0 +1,685 @@
+################################################################################
+# General
+################################################################################
+
+variable "name" {
+  description = "Name of this Celery platform; prefixes every resource (cluster, services, Redis, roles, Lambda, table). Lowercase letters, digits and single hyphens, 2-28 characters, starting with a letter."
+  type        = string
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,26}[a-z0-9]$", var.name))
+    error_message = "name must be 2-28 characters of lowercase letters, digits and hyphens, start with a letter and not end with a hyphen (ElastiCache and IAM name limits)."
+  }
+
+  validation {
+    condition     = !strcontains(var.name, "--")
+    error_message = "name must not contain two hyphens in a row (ElastiCache replication group ids forbid it)."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource the module creates."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+}
+
+variable "kms_key_arn" {
+  description = "Customer managed KMS key ARN used to encrypt the broker secret, log groups, the state table, the dead-letter queue, Redis at rest and the Lambda environment. Null uses AWS managed keys. The key policy must allow CloudWatch Logs to use it."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.kms_key_arn))
+    error_message = "kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+################################################################################
+# Network
+################################################################################
+
+variable "vpc_id" {
+  description = "VPC of the workers, the scaler Lambda and Redis."
+  type        = string
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "vpc_id must be a VPC id (vpc-...)."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Private subnets for the worker tasks, the scaler Lambda and the Redis subnet group. Use at least two availability zones."
+  type        = list(string)
+  nullable    = false
+
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "subnet_ids must name at least one subnet."
+  }
+
+  validation {
+    condition     = alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "Every entry of subnet_ids must be a subnet id (subnet-...)."
+  }
+
+  validation {
+    condition     = length(distinct(var.subnet_ids)) == length(var.subnet_ids)
+    error_message = "subnet_ids must not repeat a subnet."
+  }
+}
+
+variable "assign_public_ip" {
+  description = "Give worker tasks a public IP. Only for public subnets without NAT; keep false in private subnets."
+  type        = bool
+  default     = false
+  nullable    = false
+}
+
+variable "vpc_endpoints" {
+  description = "Optional VPC endpoints so private subnets without NAT reach AWS APIs. Interface endpoints get a security group open on 443 to the workers and the scaler; gateway endpoints (dynamodb, s3) are added to route_table_ids. Workers pulling from ECR without NAT also need ecr.api, ecr.dkr and s3."
+  type = object({
+    enabled             = optional(bool, false)
+    services            = optional(set(string), ["dynamodb", "ecs", "logs", "monitoring", "secretsmanager"])
+    route_table_ids     = optional(list(string), [])
+    private_dns_enabled = optional(bool, true)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = length(setsubtract(var.vpc_endpoints.services, ["dynamodb", "ecr.api", "ecr.dkr", "ecs", "logs", "monitoring", "s3", "secretsmanager", "sts"])) == 0
+    error_message = "vpc_endpoints.services may only contain dynamodb, ecr.api, ecr.dkr, ecs, logs, monitoring, s3, secretsmanager and sts."
+  }
+
+  validation {
+    condition     = !var.vpc_endpoints.enabled || length(setintersection(var.vpc_endpoints.services, ["dynamodb", "s3"])) == 0 || length(var.vpc_endpoints.route_table_ids) > 0
+    error_message = "vpc_endpoints.route_table_ids must name the private route tables when the gateway endpoints dynamodb or s3 are enabled."
+  }
+}
+
+################################################################################
+# Cluster
+################################################################################
+
+variable "create_cluster" {
+  description = "Create the ECS cluster (with FARGATE and FARGATE_SPOT capacity providers). False uses cluster_arn, which must already have both capacity providers associated."
+  type        = bool
+  default     = true
+  nullable    = false
+}
+
+variable "cluster_arn" {
+  description = "ARN of an existing ECS cluster, used when create_cluster is false."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.cluster_arn == null || can(regex("^arn:aws[a-z-]*:ecs:[a-z0-9-]+:[0-9]{12}:cluster/[A-Za-z0-9_-]{1,255}$", var.cluster_arn))
+    error_message = "cluster_arn must be an ECS cluster ARN (arn:aws:ecs:REGION:ACCOUNT:cluster/NAME)."
+  }
+
+  validation {
+    condition     = var.create_cluster || var.cluster_arn != null
+    error_message = "cluster_arn is required when create_cluster is false."
+  }
+}
+
+variable "container_insights" {
+  description = "Enable CloudWatch Container Insights on the created cluster."
+  type        = bool
+  default     = true
+  nullable    = false
+}
+
+################################################################################
+# Workers
+################################################################################
+
+variable "celery_app" {
+  description = "Celery application passed as `celery --app` in the default worker and beat commands (for example \"proj.celery\"). Null requires every pool (and beat) to set its own command."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.celery_app == null || can(regex("^[A-Za-z_][A-Za-z0-9_.:]*$", var.celery_app))
+    error_message = "celery_app must be a Python module path such as proj.celery or proj.celery:app."
+  }
+}
+
+variable "worker_pools" {
+  description = <<-EOT
+    Worker pools by name: one ECS service each, scaled by the scaler from the load of its queues.
+    The service starts at `min` tasks and then ignores desired_count: the scaler owns it.
+    - image, command: the worker image; command defaults to `celery --app <celery_app> worker --queues <queues> --concurrency <concurrency> --prefetch-multiplier 1`.
+    - cpu, memory (a valid Fargate pair), architecture (X86_64 or ARM64).
+    - queues: the Celery queues this pool consumes (unique across pools); concurrency: Celery worker processes per task.
+    - min, max: task count bounds; target_backlog_per_worker or target_latency_seconds: what one worker should carry; target_utilisation: fraction of concurrency to fill.
+    - stop_timeout: seconds ECS waits after SIGTERM before SIGKILL (Fargate max 120); shutdown: "warm" (finish running tasks) or "soft" (REMAP_SIGTERM=SIGQUIT + soft shutdown stop_timeout-10 s + acks_late: re-runs cut tasks, needs idempotent tasks).
+    - spot_weight: percent of tasks placed on FARGATE_SPOT (0-100).
+    - scale_in_protection: workers protect themselves while busy (celery_autoscaler.worker.install); grants the task role ecs:UpdateTaskProtection.
+    - environment, secrets (name => Secrets Manager or SSM parameter ARN): added to the container; CELERY_BROKER_URL is always set from the broker secret.
+    - max_scale_out_step, max_scale_in_percent, scale_in_window_seconds, idle_window_seconds, stale_after_seconds, fallback_count: scaler tuning (see the README's "How it scales").
+    - age_alarm_seconds: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_seconds).
+  EOT
+  type = map(object({
+    image                     = string
+    command                   = optional(list(string))
+    cpu                       = optional(number, 256)
+    memory                    = optional(number, 512)
+    architecture              = optional(string, "X86_64")
+    queues                    = list(string)
+    concurrency               = optional(number, 2)
+    min                       = optional(number, 0)
+    max                       = optional(number, 10)
+    target_backlog_per_worker = optional(number)
+    target_latency_seconds    = optional(number)
+    target_utilisation        = optional(number, 1)
+    stop_timeout              = optional(number, 120)
+    shutdown                  = optional(string, "warm")
+    spot_weight               = optional(number, 0)
+    scale_in_protection       = optional(bool, true)
+    readonly_root_filesystem  = optional(bool, true)
+    environment               = optional(map(string), {})
+    secrets                   = optional(map(string), {})
+    max_scale_out_step        = optional(number)
+    max_scale_in_percent      = optional(number, 50)
+    scale_in_window_seconds   = optional(number, 120)
+    idle_window_seconds       = optional(number, 120)
+    stale_after_seconds       = optional(number, 90)
+    fallback_count            = optional(number)
+    age_alarm_seconds         = optional(number)
+  }))
+  nullable = false
+
+  validation {
+    condition     = length(var.worker_pools) > 0
+    error_message = "worker_pools must define at least one pool."
+  }
+
+  validation {
+    condition     = alltrue([for name, _ in var.worker_pools : can(regex("^[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?$", name)) && name != "beat"])
+    error_message = "Pool names must be 1-32 lowercase letters, digits, '_' or '-', start and end with a letter or digit, and not be \"beat\" (the beat service's name)."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : trimspace(p.image) != ""])
+    error_message = "Every pool needs a non-empty image."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.command == null || try(length(p.command) > 0 && alltrue([for a in p.command : a != ""]), false)])
+    error_message = "A pool's command, when set, must be a non-empty list of non-empty arguments."
+  }
+
+  validation {
+    condition     = var.celery_app != null || alltrue([for p in var.worker_pools : p.command != null])
+    error_message = "Set celery_app (used by the default worker command) or give every pool a command."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : contains(lookup(local.fargate_memory, tostring(p.cpu), []), p.memory)])
+    error_message = "Every pool's cpu/memory must be a Fargate pair: 256 with 512/1024/2048; 512 with 1024-4096; 1024 with 2048-8192; 2048 with 4096-16384 (1024 steps); 4096 with 8192-30720 (1024 steps); 8192 with 16384-61440 (4096 steps); 16384 with 32768-122880 (8192 steps)."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : contains(["X86_64", "ARM64"], p.architecture)])
+    error_message = "A pool's architecture must be X86_64 or ARM64."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : length(p.queues) > 0])
+    error_message = "Every pool must consume at least one queue."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for p in var.worker_pools : [for q in p.queues : can(regex("^[A-Za-z0-9_.:@-]{1,200}$", q))]]))
+    error_message = "Queue names must be 1-200 characters of letters, digits and _.:@- (the scaler's rule)."
+  }
+
+  validation {
+    condition     = length(flatten([for p in var.worker_pools : p.queues])) == length(distinct(flatten([for p in var.worker_pools : p.queues])))
+    error_message = "A queue may be consumed by one pool only and listed once: queue names must be unique across all pools."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.concurrency >= 1 && floor(p.concurrency) == p.concurrency])
+    error_message = "A pool's concurrency must be a whole number >= 1."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.min >= 0 && floor(p.min) == p.min])
+    error_message = "A pool's min must be a whole number >= 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.max >= 1 && floor(p.max) == p.max])
+    error_message = "A pool's max must be a whole number >= 1."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.min <= p.max])
+    error_message = "A pool's min must be <= its max."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.target_backlog_per_worker == null || try(p.target_backlog_per_worker > 0, false)])
+    error_message = "A pool's target_backlog_per_worker, when set, must be > 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.target_latency_seconds == null || try(p.target_latency_seconds > 0, false)])
+    error_message = "A pool's target_latency_seconds, when set, must be > 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.target_utilisation > 0 && p.target_utilisation <= 1])
+    error_message = "A pool's target_utilisation must be in (0, 1]."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.stop_timeout >= 2 && p.stop_timeout <= 120 && floor(p.stop_timeout) == p.stop_timeout])
+    error_message = "A pool's stop_timeout must be a whole number of seconds from 2 to 120 (the Fargate maximum)."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : contains(["warm", "soft"], p.shutdown)])
+    error_message = "A pool's shutdown must be \"warm\" or \"soft\"."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.shutdown != "soft" || p.stop_timeout >= 15])
+    error_message = "shutdown = \"soft\" needs stop_timeout >= 15: the soft shutdown timeout is stop_timeout - 10 s so cut tasks are restored before SIGKILL."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.spot_weight >= 0 && p.spot_weight <= 100 && floor(p.spot_weight) == p.spot_weight])
+    error_message = "A pool's spot_weight must be a whole percentage from 0 to 100."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for p in var.worker_pools : [for k in concat(keys(p.environment), keys(p.secrets)) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k))]]))
+    error_message = "Environment and secret names must be letters, digits and underscores, not starting with a digit."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : !contains(concat(keys(p.environment), keys(p.secrets)), "CELERY_BROKER_URL")])
+    error_message = "CELERY_BROKER_URL is set by the module from the broker secret; do not set it in a pool's environment or secrets."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : length(setintersection(keys(p.environment), keys(p.secrets))) == 0])
+    error_message = "A name may be in a pool's environment or its secrets, not both."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for p in var.worker_pools : [for v in values(p.secrets) : can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:(secret:|parameter/).+$", v))]]))
+    error_message = "A pool's secrets values must be Secrets Manager secret ARNs or SSM parameter ARNs."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.max_scale_out_step == null || try(p.max_scale_out_step >= 1 && floor(p.max_scale_out_step) == p.max_scale_out_step, false)])
+    error_message = "A pool's max_scale_out_step, when set, must be a whole number >= 1."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.max_scale_in_percent > 0 && p.max_scale_in_percent <= 100])
+    error_message = "A pool's max_scale_in_percent must be in (0, 100]."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scale_in_window_seconds >= 0 && p.idle_window_seconds >= 0])
+    error_message = "A pool's scale_in_window_seconds and idle_window_seconds must be >= 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.stale_after_seconds > 0])
+    error_message = "A pool's stale_after_seconds must be > 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.fallback_count == null || try(p.fallback_count >= p.min && p.fallback_count <= p.max && floor(p.fallback_count) == p.fallback_count, false)])
+    error_message = "A pool's fallback_count, when set, must be a whole number within [min, max]."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.age_alarm_seconds == null || try(p.age_alarm_seconds > 0, false)])
+    error_message = "A pool's age_alarm_seconds, when set, must be > 0."
+  }
+}
+
+variable "enable_execute_command" {
+  description = "Enable ECS Exec on worker and beat services (grants the task role the ssmmessages permissions it needs)."
+  type        = bool
+  default     = false
+  nullable    = false
+}
+
+variable "log_retention_days" {
+  description = "Retention of the workers' and the scaler's CloudWatch log groups, in days."
+  type        = number
+  default     = 30
+  nullable    = false
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of the values CloudWatch Logs accepts: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+################################################################################
+# Beat
+################################################################################
+
+variable "beat" {
+  description = "Optional Celery beat service: exactly one task on FARGATE (not Spot), never scaled. image defaults to the first pool's image, command to `celery --app <celery_app> beat`. Its root filesystem is writable (beat keeps its schedule file)."
+  type = object({
+    enabled      = optional(bool, false)
+    image        = optional(string)
+    command      = optional(list(string))
+    cpu          = optional(number, 256)
+    memory       = optional(number, 512)
+    architecture = optional(string, "X86_64")
+    environment  = optional(map(string), {})
+    secrets      = optional(map(string), {})
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = contains(lookup(local.fargate_memory, tostring(var.beat.cpu), []), var.beat.memory)
+    error_message = "beat.cpu/beat.memory must be a Fargate pair (for example 256/512, 512/1024, 1024/2048)."
+  }
+
+  validation {
+    condition     = contains(["X86_64", "ARM64"], var.beat.architecture)
+    error_message = "beat.architecture must be X86_64 or ARM64."
+  }
+
+  validation {
+    condition     = var.beat.command == null || try(length(var.beat.command) > 0 && alltrue([for a in var.beat.command : a != ""]), false)
+    error_message = "beat.command, when set, must be a non-empty list of non-empty arguments."
+  }
+
+  validation {
+    condition     = !var.beat.enabled || var.beat.command != null || var.celery_app != null
+    error_message = "Set celery_app (used by the default beat command) or beat.command when beat is enabled."
+  }
+
+  validation {
+    condition     = alltrue([for k in concat(keys(var.beat.environment), keys(var.beat.secrets)) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k)) && k != "CELERY_BROKER_URL"]) && length(setintersection(keys(var.beat.environment), keys(var.beat.secrets))) == 0
+    error_message = "beat environment/secret names must be letters, digits and underscores, appear once, and not be CELERY_BROKER_URL (set by the module)."
+  }
+
+  validation {
+    condition     = alltrue([for v in values(var.beat.secrets) : can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:(secret:|parameter/).+$", v))])
+    error_message = "beat.secrets values must be Secrets Manager secret ARNs or SSM parameter ARNs."
+  }
+}
+
+################################################################################
+# Broker
+################################################################################
+
+variable "broker" {
+  description = <<-EOT
+    The Redis broker. create = true builds an ElastiCache replication group (TLS in transit, encrypted at rest, AUTH token) and a Secrets Manager secret holding its `rediss://:TOKEN@HOST:PORT/DB` URL.
+    create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis:// or rediss://); allow the workers' and the scaler's security groups (outputs) in its security group.
+    key_prefix, priority_sep and publish_time_header must match the Celery app (global_keyprefix, priority separator, the publish-time header of celery_autoscaler.worker.install).
+  EOT
+  type = object({
+    create                        = optional(bool, true)
+    url_secret_arn                = optional(string)
+    url_secret_kms_key_arn        = optional(string)
+    port                          = optional(number, 6379)
+    db                            = optional(number, 0)
+    node_type                     = optional(string, "cache.t4g.micro")
+    engine_version                = optional(string, "7.1")
+    num_cache_clusters            = optional(number, 1)
+    parameter_group_name          = optional(string)
+    snapshot_retention_limit      = optional(number, 1)
+    maintenance_window            = optional(string)
+    apply_immediately             = optional(bool, false)
+    secret_recovery_window_days   = optional(number, 7)
+    key_prefix                    = optional(string, "")
+    priority_sep                  = optional(string, "\u0006\u0016")
+    publish_time_header           = optional(string, "x_published_at")
+    unacked_scan_interval_seconds = optional(number, 60)
+    unacked_scan_cap              = optional(number, 10000)
+    socket_timeout_seconds        = optional(number, 5)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = var.broker.create || var.broker.url_secret_arn != null
+    error_message = "broker.url_secret_arn is required when broker.create is false."
+  }
+
+  validation {
+    condition     = var.broker.url_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$", var.broker.url_secret_arn))
+    error_message = "broker.url_secret_arn must be a Secrets Manager secret ARN (the secret's value is the plain broker URL)."
+  }
+
+  validation {
+    condition     = var.broker.url_secret_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.broker.url_secret_kms_key_arn))
+    error_message = "broker.url_secret_kms_key_arn must be a KMS key ARN."
+  }
+
+  validation {
+    condition     = var.broker.port >= 1 && var.broker.port <= 65535 && floor(var.broker.port) == var.broker.port
+    error_message = "broker.port must be a TCP port (1-65535)."
+  }
+
+  validation {
+    condition     = var.broker.db >= 0 && var.broker.db <= 15 && floor(var.broker.db) == var.broker.db
+    error_message = "broker.db must be a Redis database number from 0 to 15."
+  }
+
+  validation {
+    condition     = can(regex("^cache\\.[a-z0-9]+\\.[a-z0-9]+$", var.broker.node_type))
+    error_message = "broker.node_type must be an ElastiCache node type such as cache.t4g.micro."
+  }
+
+  validation {
+    condition     = var.broker.num_cache_clusters >= 1 && var.broker.num_cache_clusters <= 6 && floor(var.broker.num_cache_clusters) == var.broker.num_cache_clusters
+    error_message = "broker.num_cache_clusters must be 1 (single node) to 6 (primary + 5 replicas; 2+ turns on automatic failover and Multi-AZ)."
+  }
+
+  validation {
+    condition     = var.broker.snapshot_retention_limit >= 0 && var.broker.snapshot_retention_limit <= 35
+    error_message = "broker.snapshot_retention_limit must be 0-35 days."
+  }
+
+  validation {
+    condition     = var.broker.secret_recovery_window_days == 0 || (var.broker.secret_recovery_window_days >= 7 && var.broker.secret_recovery_window_days <= 30)
+    error_message = "broker.secret_recovery_window_days must be 0 (delete at once) or 7-30."
+  }
+
+  validation {
+    condition     = var.broker.priority_sep != "" && var.broker.publish_time_header != ""
+    error_message = "broker.priority_sep and broker.publish_time_header must not be empty."
+  }
+
+  validation {
+    condition     = var.broker.unacked_scan_interval_seconds >= 0 && var.broker.unacked_scan_cap >= 0 && floor(var.broker.unacked_scan_cap) == var.broker.unacked_scan_cap
+    error_message = "broker.unacked_scan_interval_seconds must be >= 0 and broker.unacked_scan_cap a whole number >= 0."
+  }
+
+  validation {
+    condition     = var.broker.socket_timeout_seconds > 0
+    error_message = "broker.socket_timeout_seconds must be > 0."
+  }
+}
+
+variable "broker_auth_token" {
+  description = "AUTH token of the created Redis. Null generates one with Secrets Manager's GetRandomPassword (no extra provider). Later changes are ignored (rotate with ElastiCache's auth token update, then update the secret)."
+  type        = string
+  default     = null
+  sensitive   = true
+
+  validation {
+    condition     = var.broker_auth_token == null || try(length(var.broker_auth_token) >= 16 && length(var.broker_auth_token) <= 128, false)
+    error_message = "broker_auth_token must be 16-128 characters long."
+  }
+
+  validation {
+    condition     = var.broker_auth_token == null || can(regex("^[!#-.0-?A-~]+$", var.broker_auth_token))
+    error_message = "broker_auth_token may only contain printable ASCII characters other than space, '\"', '/' and '@'."
+  }
+}
+
+################################################################################
+# Scaler
+################################################################################
+
+variable "scaler" {
+  description = <<-EOT
+    The scaler Lambda. Every minute (schedule_expression) one invocation runs ticks_per_invocation ticks, tick_interval_seconds apart.
+    package_path defaults to the committed zip (lambda/dist/celery-autoscaler-lambda.zip); s3_bucket + s3_key use a package from S3 instead.
+    dry_run decides and logs without UpdateService. tracing_mode: null (off), "Active" or "PassThrough".
+  EOT
+  type = object({
+    enabled               = optional(bool, true)
+    package_path          = optional(string)
+    s3_bucket             = optional(string)
+    s3_key                = optional(string)
+    s3_object_version     = optional(string)
+    memory_size           = optional(number, 256)
+    timeout               = optional(number, 70)
+    schedule_expression   = optional(string, "rate(1 minute)")
+    tick_interval_seconds = optional(number, 15)
+    ticks_per_invocation  = optional(number, 4)
+    dry_run               = optional(bool, false)
+    metrics_namespace     = optional(string, "CeleryAutoscaler")
+    tracing_mode          = optional(string)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = (var.scaler.s3_bucket == null) == (var.scaler.s3_key == null)
+    error_message = "scaler.s3_bucket and scaler.s3_key go together."
+  }
+
+  validation {
+    condition     = var.scaler.s3_bucket == null || var.scaler.package_path == null
+    error_message = "Give scaler.package_path or scaler.s3_bucket/s3_key, not both."
+  }
+
+  validation {
+    condition     = var.scaler.package_path == null || try(endswith(var.scaler.package_path, ".zip"), false)
+    error_message = "scaler.package_path must be a .zip file."
+  }
+
+  validation {
+    condition     = var.scaler.memory_size >= 128 && var.scaler.memory_size <= 10240
+    error_message = "scaler.memory_size must be 128-10240 MB."
+  }
+
+  validation {
+    condition     = var.scaler.timeout >= 1 && var.scaler.timeout <= 900
+    error_message = "scaler.timeout must be 1-900 seconds."
+  }
+
+  validation {
+    condition     = can(regex("^(rate\\((1 (minute|hour|day)|([2-9]|[1-9][0-9]+) (minutes|hours|days))\\)|cron\\([^ ()]+( [^ ()]+){5}\\))$", var.scaler.schedule_expression))
+    error_message = "scaler.schedule_expression must be rate(1 minute), rate(N minutes|hours|days) or cron(six fields)."
+  }
+
+  validation {
+    condition     = var.scaler.tick_interval_seconds > 0 && var.scaler.ticks_per_invocation >= 1 && floor(var.scaler.ticks_per_invocation) == var.scaler.ticks_per_invocation
+    error_message = "scaler.tick_interval_seconds must be > 0 and scaler.ticks_per_invocation a whole number >= 1."
+  }
+
+  validation {
+    condition     = var.scaler.tick_interval_seconds * var.scaler.ticks_per_invocation <= var.scaler.timeout
+    error_message = "scaler.ticks_per_invocation x scaler.tick_interval_seconds must fit in scaler.timeout."
+  }
+
+  validation {
+    condition     = can(regex("^[^:][^:]{0,254}$", var.scaler.metrics_namespace)) && !startswith(var.scaler.metrics_namespace, "AWS/")
+    error_message = "scaler.metrics_namespace must be 1-255 characters without ':' and must not start with AWS/."
+  }
+
+  validation {
+    condition     = var.scaler.tracing_mode == null || contains(["Active", "PassThrough"], coalesce(var.scaler.tracing_mode, "-"))
+    error_message = "scaler.tracing_mode must be null, \"Active\" or \"PassThrough\"."
+  }
+}
+
+################################################################################
+# IAM
+################################################################################
+
+variable "task_role_policy_statements" {
+  description = "Extra IAM statements for the workers' task role (what the Celery tasks themselves call: S3, SQS, ...)."
+  type = list(object({
+    sid       = optional(string)
+    effect    = optional(string, "Allow")
+    actions   = list(string)
+    resources = list(string)
+    conditions = optional(list(object({
+      test     = string
+      variable = string
+      values   = list(string)
+    })), [])
+  }))
+  default  = []
+  nullable = false
+
+  validation {
+    condition     = alltrue([for s in var.task_role_policy_statements : contains(["Allow", "Deny"], s.effect)])
+    error_message = "Every task_role_policy_statements effect must be Allow or Deny."
+  }
+
+  validation {
+    condition     = alltrue([for s in var.task_role_policy_statements : length(s.actions) > 0 && length(s.resources) > 0])
+    error_message = "Every task_role_policy_statements entry needs at least one action and one resource."
+  }
+
+  validation {
+    condition     = alltrue([for s in var.task_role_policy_statements : s.sid == null || can(regex("^[A-Za-z0-9]+$", s.sid))])
+    error_message = "A task_role_policy_statements sid may only contain letters and digits."
+  }
+}
+
+variable "iam_permissions_boundary" {
+  description = "ARN of a permissions boundary set on every IAM role the module creates."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_permissions_boundary == null || can(regex("^arn:aws[a-z-]*:iam::([0-9]{12}|aws):policy/.+$", var.iam_permissions_boundary))
+    error_message = "iam_permissions_boundary must be an IAM policy ARN."
+  }
+}
+
+################################################################################
+# Monitoring
+################################################################################
+
+variable "monitoring" {
+  description = "CloudWatch dashboard (queue depth, in-flight, oldest task age, desired/running per pool from the scaler's metrics) and alarms (scaler errors, Lambda errors, dead letters, oldest task age per pool). alarm_actions: SNS topic ARNs notified on alarm and OK."
+  type = object({
+    dashboard                     = optional(bool, true)
+    alarms                        = optional(bool, true)
+    alarm_actions                 = optional(list(string), [])
+    oldest_task_age_alarm_seconds = optional(number, 900)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = alltrue([for a in var.monitoring.alarm_actions : can(regex("^arn:aws[a-z-]*:", a))])
+    error_message = "monitoring.alarm_actions must be ARNs (SNS topics)."
+  }
+
+  validation {
+    condition     = var.monitoring.oldest_task_age_alarm_seconds > 0
+    error_message = "monitoring.oldest_task_age_alarm_seconds must be > 0."
+  }
+}
