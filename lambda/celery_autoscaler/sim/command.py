@@ -1,0 +1,79 @@
+"""``simulate`` on the command line: argument definitions and the run, shared by the CLI and ``-m``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from celery_autoscaler.config import ConfigError, load_config
+from celery_autoscaler.sim.engine import PRICES, SimSettings
+from celery_autoscaler.sim.simulate import METRICS, as_json, simulate
+from celery_autoscaler.sim.traces import BUILTIN, ServiceModel, Trace, builtin, read_csv
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``simulate`` options."""
+    parser.add_argument("--trace", required=True, help=f"a CSV file or a built-in trace: {', '.join(BUILTIN)}")
+    parser.add_argument("--config", help="scaler config JSON (pools, tick interval); default: one pool, defaults")
+    parser.add_argument(
+        "--compare", default="", help="comma-separated: aws-target-tracking,aws-step-scaling,keda,static,oracle,all"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="same seed, same output (default 1)")
+    parser.add_argument("--hours", type=float, help="simulate only the first H hours (built-ins default to 24)")
+    parser.add_argument("--service-s", type=float, default=2.0, help="mean run time for per-minute CSV traces")
+    parser.add_argument("--slo-s", type=float, default=60.0, help="wait counted as an SLO violation (default 60)")
+    parser.add_argument("--pricing", choices=sorted(PRICES), default="x86", help="Fargate price list (default x86)")
+    parser.add_argument("--vcpu", type=float, default=0.25, help="worker vCPU (default 0.25)")
+    parser.add_argument("--memory-gb", type=float, default=0.5, help="worker memory in GB (default 0.5)")
+    parser.add_argument("--acks-late", action="store_true", help="workers ack after running (probe sees running)")
+    parser.add_argument("--prefetch-multiplier", type=int, default=1, help="Celery prefetch multiplier (default 1)")
+    parser.add_argument("--stop-timeout-s", type=float, default=120.0, help="ECS stopTimeout (default 120)")
+    parser.add_argument("--no-protection", action="store_true", help="workers do not use scale-in protection")
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+
+
+def load_trace(spec: str, hours: float | None, seed: int, service_s: float = 2.0) -> Trace:
+    """A built-in trace by name or a CSV file, cut to ``hours`` if given."""
+    if spec in BUILTIN:
+        return builtin(spec, hours=hours if hours is not None else 24.0, seed=seed)
+    trace = read_csv(spec, ServiceModel(mean_s=service_s), seed=seed)
+    return trace.truncated(hours * 3600.0) if hours is not None else trace
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the simulation and print it; exit 2 on a bad config or trace."""
+    try:
+        config = load_config(Path(args.config).read_text()) if args.config else None
+        trace = load_trace(args.trace, args.hours, args.seed, args.service_s)
+        settings = SimSettings(
+            slo_s=args.slo_s,
+            pricing=args.pricing,
+            vcpu=args.vcpu,
+            memory_gb=args.memory_gb,
+            acks_late=args.acks_late,
+            prefetch_multiplier=args.prefetch_multiplier,
+            stop_timeout_s=args.stop_timeout_s,
+            scale_in_protection=not args.no_protection,
+        )
+        outcomes = simulate(trace, config, args.compare.split(","), seed=args.seed, settings=settings)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    document = as_json(outcomes, trace)
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    print(f"{trace.name}: {len(trace)} tasks over {trace.horizon_s / 3600:.2f} h")
+    print(f"{'policy':22}" + "".join(f"{m:>22}" for m in METRICS))
+    for name, outcome in outcomes.items():
+        print(f"{name:22}" + "".join(f"{outcome.metrics[m]:>22}" for m in METRICS))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m celery_autoscaler.sim``."""
+    parser = argparse.ArgumentParser(prog="celery-autoscaler simulate", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

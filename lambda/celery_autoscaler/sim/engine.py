@@ -1,0 +1,436 @@
+"""Discrete-event simulation of one worker pool: Redis broker, ECS service, Fargate workers, a scaler.
+
+What is modelled, and why it matters to the numbers:
+- The broker is one FIFO list per pool. Workers hold up to ``concurrency x prefetch_multiplier``
+  unacked messages; with ``acks_late=False`` (the module's default) a message is acked when it
+  starts, so the probe sees *reserved* (prefetched, not started) messages as in-flight and running
+  tasks not at all, exactly as the real probe does. Idle consumers are served round-robin, like
+  clients blocked in BRPOP, so a busy worker can prefetch a task while another worker idles.
+- A worker starts after control-plane, provisioning, image-pull and app-start delays; Fargate bills
+  per second from the image pull to the stop, at least ``min_billed_s``.
+- Scale-in is ECS stopping tasks: pending ones first, then (with scale-in protection, as the worker
+  helper sets it while busy and for ``protection_release_s`` after) only unprotected idle workers;
+  a stop that protection blocks is retried when a worker's protection lapses. A stopped worker gets
+  SIGTERM: warm shutdown returns its reserved messages to the head of the queue at once and lets
+  running tasks finish; any still running after ``stop_timeout_s`` are killed and counted.
+- The scaler is invoked every minute with jitter and runs ``ticks_per_invocation`` ticks inside it;
+  comparison policies run on their own fixed period instead.
+
+Hot paths use plain lists of floats and ints (no per-task objects) and one heap of
+``(time, kind, worker)`` tuples; arrivals and scaler ticks are pre-sorted streams beside the heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
+
+# us-east-1 Linux Fargate list prices per hour: (per vCPU, per GB of memory). Spot is about 70 % off x86.
+PRICES: dict[str, tuple[float, float]] = {
+    "x86": (0.04048, 0.004445),
+    "arm": (0.03238, 0.00356),
+    "spot": (0.04048 * 0.3, 0.004445 * 0.3),
+}
+
+_PENDING, _READY, _DRAINING, _STOPPED = 0, 1, 2, 3
+_DONE, _READY_EVENT, _KILL, _RELEASE, _SAMPLE = 0, 1, 2, 3, 4
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class StartDelay:
+    """Fargate task start, by phase (defaults give a median of about 55 s, as Fargate measures)."""
+
+    control_s: tuple[float, float] = (1.0, 5.0)
+    provisioning_s: tuple[float, float] = (10.0, 45.0)
+    pull_median_s: float = 20.0
+    pull_sigma: float = 0.35
+    app_s: tuple[float, float] = (2.0, 5.0)
+
+    def draw(self, rng: random.Random) -> tuple[float, float]:
+        """Seconds until the image pull starts (billing starts), then seconds until the worker consumes."""
+        before_pull = rng.uniform(*self.control_s) + rng.uniform(*self.provisioning_s)
+        billed = self.pull_median_s * math.exp(rng.gauss(0.0, self.pull_sigma)) + rng.uniform(*self.app_s)
+        return before_pull, billed
+
+    def quantile(self, q: float, samples: int = 4000) -> float:
+        """Start-to-ready delay quantile, estimated from a fixed-seed sample (deterministic)."""
+        rng = random.Random(20240501)
+        draws = sorted(sum(self.draw(rng)) for _ in range(samples))
+        return draws[min(samples - 1, int(q * samples))]
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Everything about the world that is not the trace or the policy; defaults match the module's."""
+
+    tick_interval_s: float = 15.0
+    ticks_per_invocation: int = 4
+    invocation_period_s: float = 60.0
+    invocation_jitter_s: float = 5.0
+    start_delay: StartDelay = field(default_factory=StartDelay)
+    prefetch_multiplier: int = 1
+    acks_late: bool = False
+    stop_timeout_s: float = 120.0
+    scale_in_protection: bool = True
+    protection_release_s: float = 10.0
+    vcpu: float = 0.25
+    memory_gb: float = 0.5
+    pricing: str = "x86"
+    min_billed_s: float = 60.0
+    slo_s: float = 60.0
+
+    @property
+    def usd_per_worker_second(self) -> float:
+        """What one worker costs per billed second at the configured size and price."""
+        per_vcpu, per_gb = PRICES[self.pricing]
+        return (self.vcpu * per_vcpu + self.memory_gb * per_gb) / 3600.0
+
+
+class SimPolicy(Protocol):
+    """A scaling policy as the engine drives it: same call shape as ``decide`` minus the pool config.
+
+    ``interval_s`` is ``None`` for the scaler's own schedule (a Lambda every minute, N ticks inside);
+    otherwise the policy is called every ``interval_s``. ``initial_count`` workers are warm at t=0.
+    """
+
+    name: str
+    interval_s: float | None
+    initial_count: int
+
+    def initial_state(self) -> Any:
+        """The state threaded through the first call."""
+        ...
+
+    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, Any]:
+        """Return the desired count and the state for the next call."""
+        ...
+
+
+@dataclass
+class RunResult:
+    """Raw outcome of one pool under one policy; :func:`summarise` turns it into the reported numbers."""
+
+    enqueue_s: list[float]
+    waits: list[float]
+    worker_seconds: float
+    scaling_actions: int
+    tasks_killed: int
+    max_backlog: int
+    backlog_area: float
+    horizon_s: float
+    workers_launched: int
+    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
+
+
+def tick_times(policy: SimPolicy, settings: SimSettings, horizon_s: float, rng: random.Random) -> list[float]:
+    """When the policy is evaluated: the Lambda schedule with jitter, or a fixed period with a random phase."""
+    times: list[float] = []
+    if policy.interval_s is None:
+        start = 0.0
+        while start < horizon_s:
+            first = start + rng.uniform(0.0, settings.invocation_jitter_s)
+            times.extend(first + j * settings.tick_interval_s for j in range(settings.ticks_per_invocation))
+            start += settings.invocation_period_s
+    else:
+        t = rng.uniform(0.0, policy.interval_s)
+        while t < horizon_s:
+            times.append(t)
+            t += policy.interval_s
+    return [t for t in times if t < horizon_s]
+
+
+def run_pool(
+    enqueue_s: list[float],
+    service_s: list[float],
+    policy: SimPolicy,
+    pool: PoolConfig,
+    settings: SimSettings,
+    seed: int,
+    horizon_s: float,
+    timeline: bool = False,
+) -> RunResult:
+    """Simulate ``policy`` scaling ``pool`` over tasks sorted by ``enqueue_s`` until ``horizon_s``."""
+    n = len(enqueue_s)
+    conc = pool.concurrency
+    hold = conc * settings.prefetch_multiplier
+    acks_late = settings.acks_late
+    protect = settings.scale_in_protection
+    release_s = settings.protection_release_s
+    stop_timeout = settings.stop_timeout_s
+    delay_rng = random.Random(f"{seed}:start-delay")
+    victim_rng = random.Random(f"{seed}:victims")
+    ticks = tick_times(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}"))
+    ticks.append(_INF)
+
+    waits = [-1.0] * n
+    heap: list[tuple[float, int, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    queue: deque[int] = deque()
+    listeners: deque[int] = deque()
+
+    w_state: list[int] = []
+    w_pull: list[float] = []
+    w_stop: list[float] = []
+    w_run: list[int] = []
+    w_res: list[deque[int]] = []
+    w_idle: list[float] = []
+    w_listen: list[bool] = []
+    w_release: list[bool] = []
+    alive: dict[int, None] = {}  # pending or ready (not draining), in launch order
+
+    n_running = 0
+    n_reserved = 0
+    n_up = 0  # ECS runningCount: ready or draining
+    pending = 0  # arrived, not started
+    max_backlog = 0
+    area = 0.0
+    last_t = 0.0
+    killed = 0
+    actions = 0
+    blocked = False
+    desired = policy.initial_count
+    state = policy.initial_state()
+    samples: list[tuple[float, int, int, int]] = []
+
+    def new_worker(t: float, ready: bool) -> int:
+        nonlocal n_up
+        w = len(w_state)
+        if ready:
+            w_state.append(_READY)
+            w_pull.append(t)
+            n_up += 1
+        else:
+            before_pull, billed = settings.start_delay.draw(delay_rng)
+            w_state.append(_PENDING)
+            w_pull.append(t + before_pull)
+            push(heap, (t + before_pull + billed, _READY_EVENT, w))
+        w_stop.append(_INF)
+        w_run.append(0)
+        w_res.append(deque())
+        w_idle.append(-_INF)
+        w_listen.append(False)
+        w_release.append(False)
+        alive[w] = None
+        return w
+
+    def give(i: int, w: int, t: float) -> None:
+        """Worker ``w`` receives task ``i``: starts it if a process is free, else reserves it."""
+        nonlocal n_running, n_reserved, pending, area, last_t
+        if w_run[w] < conc:
+            w_run[w] += 1
+            n_running += 1
+            waits[i] = t - enqueue_s[i]
+            area += pending * (t - last_t)
+            last_t = t
+            pending -= 1
+            push(heap, (t + service_s[i], _DONE, w))
+        else:
+            w_res[w].append(i)
+            n_reserved += 1
+
+    def has_room(w: int) -> bool:
+        return len(w_res[w]) + (w_run[w] if acks_late else 0) < hold
+
+    def refill(w: int, t: float) -> None:
+        """A ready worker with room pulls from the queue, then waits in line for new messages."""
+        while queue and has_room(w):
+            give(queue.popleft(), w, t)
+        if not w_listen[w] and has_room(w):
+            w_listen[w] = True
+            listeners.append(w)
+
+    def feed(t: float) -> None:
+        """Hand queued messages to waiting consumers in the order they started waiting (BRPOP)."""
+        while queue and listeners:
+            w = listeners.popleft()
+            if w_state[w] != _READY or not has_room(w):
+                w_listen[w] = False
+                continue
+            give(queue.popleft(), w, t)
+            if has_room(w):
+                listeners.append(w)
+            else:
+                w_listen[w] = False
+
+    def finish(w: int, t: float) -> None:
+        nonlocal n_up
+        if w_state[w] in (_READY, _DRAINING):
+            n_up -= 1
+        w_state[w] = _STOPPED
+        w_stop[w] = t
+
+    def drain(w: int, t: float) -> None:
+        """SIGTERM: warm shutdown returns reserved messages at once and finishes running tasks."""
+        nonlocal n_reserved
+        del alive[w]
+        if w_state[w] == _PENDING:
+            finish(w, t)
+            return
+        w_state[w] = _DRAINING
+        res = w_res[w]
+        n_reserved -= len(res)
+        queue.extendleft(reversed(res))
+        res.clear()
+        if w_run[w] == 0:
+            finish(w, t)
+        else:
+            push(heap, (t + stop_timeout, _KILL, w))
+        feed(t)
+
+    def protected(w: int, t: float) -> bool:
+        return w_run[w] > 0 or len(w_res[w]) > 0 or t < w_idle[w] + release_s
+
+    def reconcile(t: float) -> None:
+        """The ECS service scheduler: start or stop tasks until the live count meets the desired count."""
+        nonlocal blocked
+        live = len(alive)
+        if desired > live:
+            for _ in range(desired - live):
+                new_worker(t, ready=False)
+            blocked = False
+            return
+        excess = live - desired
+        blocked = False
+        if excess <= 0:
+            return
+        for w in reversed([w for w in alive if w_state[w] == _PENDING][-excess:]):
+            drain(w, t)
+            excess -= 1
+        if excess <= 0:
+            return
+        ready = [w for w in alive if w_state[w] == _READY]
+        if protect:
+            free = sorted((w for w in ready if not protected(w, t)), key=lambda w: (w_idle[w], w))
+            for w in free[:excess]:
+                drain(w, t)
+            excess -= min(excess, len(free))
+            blocked = excess > 0
+            if blocked:
+                for w in ready:
+                    if w_run[w] == 0 and not w_res[w] and not w_release[w] and protected(w, t):
+                        w_release[w] = True
+                        push(heap, (w_idle[w] + release_s, _RELEASE, w))
+        else:
+            for w in victim_rng.sample(ready, min(excess, len(ready))):
+                drain(w, t)
+
+    for _ in range(desired):
+        refill(new_worker(0.0, ready=True), 0.0)
+    if timeline:
+        push(heap, (0.0, _SAMPLE, 0))
+
+    i = 0
+    k = 0
+    ta = enqueue_s[0] if n else _INF
+    tk = ticks[0]
+    while True:
+        th = heap[0][0] if heap else _INF
+        if ta <= th and ta <= tk:
+            t = ta
+            if t >= horizon_s:
+                break
+            area += pending * (t - last_t)
+            last_t = t
+            pending += 1
+            if pending > max_backlog:
+                max_backlog = pending
+            if queue:
+                queue.append(i)
+            else:
+                queue.append(i)
+                feed(t)
+            i += 1
+            ta = enqueue_s[i] if i < n else _INF
+        elif th <= tk:
+            t, kind, w = pop(heap)
+            if t >= horizon_s:
+                break
+            if kind == _DONE:
+                st = w_state[w]
+                if st == _STOPPED:
+                    continue
+                w_run[w] -= 1
+                n_running -= 1
+                if st == _READY:
+                    res = w_res[w]
+                    if res:
+                        n_reserved -= 1
+                        give(res.popleft(), w, t)
+                    refill(w, t)
+                    if w_run[w] == 0 and not res:
+                        w_idle[w] = t
+                        if blocked and not w_release[w]:
+                            w_release[w] = True
+                            push(heap, (t + release_s, _RELEASE, w))
+                elif w_run[w] == 0:
+                    finish(w, t)
+            elif kind == _READY_EVENT:
+                if w_state[w] == _PENDING:
+                    w_state[w] = _READY
+                    n_up += 1
+                    refill(w, t)
+            elif kind == _KILL:
+                if w_state[w] == _DRAINING:
+                    killed += w_run[w]
+                    n_running -= w_run[w]
+                    w_run[w] = 0
+                    finish(w, t)
+            elif kind == _RELEASE:
+                w_release[w] = False
+                if blocked:
+                    reconcile(t)
+            else:
+                samples.append((t, pending, n_up, desired))
+                push(heap, (t + 60.0, _SAMPLE, 0))
+        else:
+            t = tk
+            if t >= horizon_s:
+                break
+            k += 1
+            tk = ticks[k]
+            in_flight = n_reserved + n_running if acks_late else n_reserved
+            load = PoolLoad(
+                waiting=len(queue),
+                in_flight=in_flight,
+                unacked_total=in_flight,
+                oldest_age_s=t - enqueue_s[queue[0]] if queue else None,
+                measured_at=t,
+            )
+            wanted, state = policy(PoolMeasurements(current_desired=desired, running=n_up, load=load), state, t)
+            if wanted != desired:
+                actions += 1
+                desired = wanted
+                reconcile(t)
+            elif blocked:
+                reconcile(t)
+
+    area += pending * (horizon_s - last_t)
+    for j in range(n):
+        if waits[j] < 0.0 and enqueue_s[j] < horizon_s:
+            waits[j] = horizon_s - enqueue_s[j]
+    inside = waits[: sum(1 for e in enqueue_s if e < horizon_s)] if n else []
+    billed = 0.0
+    for w in range(len(w_state)):
+        end = min(w_stop[w], horizon_s)
+        if end > w_pull[w]:
+            billed += max(settings.min_billed_s, end - w_pull[w])
+    return RunResult(
+        enqueue_s=enqueue_s[: len(inside)],
+        waits=inside,
+        worker_seconds=billed,
+        scaling_actions=actions,
+        tasks_killed=killed,
+        max_backlog=max_backlog,
+        backlog_area=area,
+        horizon_s=horizon_s,
+        workers_launched=len(w_state),
+        timeline=samples,
+    )

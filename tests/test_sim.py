@@ -1,0 +1,112 @@
+"""The simulator is correct where queueing theory gives the answer, and deterministic."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.sim import BUILTIN, ServiceModel, SimSettings, builtin, read_csv, simulate, write_csv
+from celery_autoscaler.sim.baselines import ScalerPolicy, Static
+from celery_autoscaler.sim.command import main
+from celery_autoscaler.sim.engine import run_pool
+from celery_autoscaler.sim.traces import poisson
+
+
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that an arrival waits in M/M/servers with ``offered`` = arrival rate x mean service."""
+    top = offered**servers / math.factorial(servers) * servers / (servers - offered)
+    return top / (sum(offered**k / math.factorial(k) for k in range(servers)) + top)
+
+
+def test_static_fleet_matches_erlang_c_over_20_seeds() -> None:
+    # acks_late with prefetch 1 holds no task beyond a free process: the fleet is exactly M/M/s.
+    rate, mean_s, workers, concurrency, horizon = 3.0, 1.0, 2, 2, 7200.0
+    pool = PoolConfig(name="p", service="s", queues=("celery",), concurrency=concurrency, max_workers=workers)
+    settings = SimSettings(acks_late=True, prefetch_multiplier=1)
+    service = ServiceModel(mean_s=mean_s, exponential=True)
+    waited, mean_waits = [], []
+    for seed in range(20):
+        rng = random.Random(seed)
+        enq = poisson(rate, horizon, rng)
+        svc = [service.draw(rng) for _ in enq]
+        run = run_pool(enq, svc, Static(workers, "static"), pool, settings, seed, horizon)
+        waited.append(sum(1 for w in run.waits if w > 0) / len(run.waits))
+        mean_waits.append(sum(run.waits) / len(run.waits))
+    servers, offered = workers * concurrency, rate * mean_s
+    expected = erlang_c(servers, offered)
+    measured = sum(waited) / len(waited)
+    assert measured == pytest.approx(expected, rel=0.05)
+    expected_wait = expected * mean_s / (servers - offered)
+    assert sum(mean_waits) / len(mean_waits) == pytest.approx(expected_wait, rel=0.10)
+
+
+@pytest.mark.parametrize("name", ["spiky", "diurnal-long"])
+def test_littles_law_holds_for_the_scaler(name: str) -> None:
+    trace = builtin(name, hours=3, seed=7)
+    pool = PoolConfig(name="p", service="s", queues=("celery",), concurrency=2, max_workers=100)
+    run = run_pool(trace.enqueue_s, trace.service_s, ScalerPolicy(pool), pool, SimSettings(), 7, trace.horizon_s)
+    arrival_rate = len(run.waits) / run.horizon_s
+    mean_wait = sum(run.waits) / len(run.waits)
+    mean_backlog = run.backlog_area / run.horizon_s
+    assert mean_backlog == pytest.approx(arrival_rate * mean_wait, rel=1e-6)
+    assert run.max_backlog >= mean_backlog > 0
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_oracle_lower_bound_is_below_its_schedule(name: str) -> None:
+    outcomes = simulate(builtin(name, hours=4, seed=3), compare=["oracle"], seed=3)
+    assert 0 < outcomes["oracle-lower"].metrics["worker_seconds"] <= outcomes["oracle-upper"].metrics["worker_seconds"]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--trace", "spiky", "--hours", "2", "--compare", "aws,keda,oracle", "--json"]
+    outputs = []
+    for seed in ("5", "5", "6"):
+        assert main([*args, "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out.encode())
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]
+
+
+def test_per_task_csv_round_trips(tmp_path: Path) -> None:
+    trace = builtin("batch-long", hours=7, seed=2)
+    path = tmp_path / "trace.csv"
+    write_csv(trace, path)
+    again = read_csv(path)
+    assert again.enqueue_s == trace.enqueue_s
+    assert again.service_s == trace.service_s
+    assert [again.queues[q] for q in again.queue] == [trace.queues[q] for q in trace.queue]
+
+
+def test_per_minute_csv_spreads_counts_over_each_minute(tmp_path: Path) -> None:
+    path = tmp_path / "minutes.csv"
+    path.write_text("minute,queue,count\n0,a,30\n1,b,0\n2,a,12\n2,b,5\n")
+    trace = read_csv(path, ServiceModel(mean_s=3.0), seed=1)
+    assert len(trace) == 47
+    assert sorted(trace.queues) == ["a", "b"]
+    assert all(0 <= t < 180 for t in trace.enqueue_s)
+    assert sum(1 for t in trace.enqueue_s if t < 60) == 30
+    assert trace.enqueue_s == sorted(trace.enqueue_s)
+
+
+def test_scale_in_kills_long_tasks_only_without_protection() -> None:
+    # A burst of 180 s tasks, then quiet: scale-in happens while some workers are still busy.
+    trace = builtin("spiky-long", hours=2, seed=4)
+    pool = PoolConfig(name="p", service="s", queues=("celery",), concurrency=2, max_workers=100)
+    killed = {}
+    for protection in (True, False):
+        settings = SimSettings(scale_in_protection=protection, stop_timeout_s=30.0)
+        run = run_pool(trace.enqueue_s, trace.service_s, ScalerPolicy(pool), pool, settings, 4, trace.horizon_s)
+        killed[protection] = run.tasks_killed
+    assert killed[True] == 0
+    assert killed[False] > 0
+
+
+def test_unknown_trace_or_policy_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--trace", "no-such-trace.csv"]) == 2
+    assert main(["--trace", "steady", "--hours", "0.1", "--compare", "hpa"]) == 2
+    assert "unknown policy 'hpa'" in capsys.readouterr().err
