@@ -53,3 +53,23 @@ fmt: venv ## Format Python and Terraform
 .PHONY: lambda-zip
 lambda-zip: ## Rebuild the committed, reproducible Lambda zip (lambda/dist); commit the result
 	$(PYTHON) lambda/build_zip.py
+
+# checkov pins many packages of its own, so it lives in its own virtualenv.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+CHECKOV_OUTPUT ?= cli
+
+$(CHECKOV_STAMP):
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+	@rm -f $(CHECKOV_VENV)/.installed-* && touch $@
+
+.PHONY: checkov
+checkov: $(CHECKOV_STAMP) ## checkov on the module and its examples (skips only inline, with a reason)
+	$(CHECKOV_VENV)/bin/checkov -d . --framework terraform --quiet --compact --skip-download \
+		--skip-path '(^|/)\.terraform/' --skip-path '(^|/)\.tmp/' --skip-path '(^|/)\.venv' -o $(CHECKOV_OUTPUT)
+
+.PHONY: docs
+docs: ## Regenerate README.md's inputs/outputs tables from the .tf files
+	$(PYTHON) scripts/tf_docs.py
