@@ -30,6 +30,10 @@ venv: $(STAMP) ## Create the virtualenv and install everything
 services: ## Start Redis on loopback unless one answers
 	@scripts/ensure-redis.sh
 
+.PHONY: localstack-venv
+localstack-venv: ## LocalStack's own venv (Python >= 3.13) for the LocalStack tests (they also build it)
+	@scripts/localstack-venv.sh
+
 .PHONY: lint
 lint: venv ## ruff and mypy (strict on the package)
 	$(VENV)/bin/ruff check .

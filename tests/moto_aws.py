@@ -6,11 +6,14 @@ scaler is stubbed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 REGION = "eu-west-1"
 CLUSTER = "celery"
@@ -67,3 +70,39 @@ def count_calls(client: Any, operation: str) -> list[dict[str, Any]]:
 
     client.meta.events.register(f"provide-client-params.{client.meta.service_model.service_name}.{operation}", record)
     return calls
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on once this returns (also used as a closed broker port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto as a server on loopback, for code in another process or reached through AWS_ENDPOINT_URL*."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def metric_data_from_emf(document: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The PutMetricData call CloudWatch makes of one EMF document: (namespace, metric data)."""
+    directive = document["_aws"]["CloudWatchMetrics"][0]
+    dimensions = [{"Name": name, "Value": document[name]} for name in directive["Dimensions"][0]]
+    data = [
+        {
+            "MetricName": metric["Name"],
+            "Unit": metric["Unit"],
+            "Value": float(document[metric["Name"]]),
+            "Dimensions": dimensions,
+            "Timestamp": document["_aws"]["Timestamp"] / 1000,
+        }
+        for metric in directive["Metrics"]
+    ]
+    return directive["Namespace"], data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +16,7 @@ import redis
 import requests
 from celery import Celery
 from conftest import ROOT, redis_url_for
-from moto.server import ThreadedMotoServer
-from moto_aws import CLUSTER, ENDPOINT_VARS, REGION
+from moto_aws import CLUSTER, ENDPOINT_VARS, REGION, free_port, moto_server
 
 from celery_autoscaler.cli import SUBCOMMANDS
 
@@ -27,21 +25,11 @@ SCRIPT = str(Path(sys.executable).parent / "celery-autoscaler")
 pytestmark = pytest.mark.redis_db(DB)
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on once this returns (also used as a closed broker port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """A moto server on loopback: the subprocess reaches it through AWS_ENDPOINT_URL, as users would."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -16,7 +15,16 @@ import redis
 from celery import Celery
 from conftest import redis_url_for
 from moto import mock_aws
-from moto_aws import CLUSTER, REGION, aws_env, count_calls, create_services, create_state_table
+from moto_aws import (
+    CLUSTER,
+    REGION,
+    aws_env,
+    count_calls,
+    create_services,
+    create_state_table,
+    free_port,
+    metric_data_from_emf,
+)
 
 from celery_autoscaler.config import ScalerConfig, parse_config
 from celery_autoscaler.ecs import EcsActuator
@@ -180,15 +188,9 @@ def test_idle_pool_steps_down_and_reaches_zero_only_after_the_idle_window(rig: R
     assert all(call["desiredCount"] < 10 for call in rig.updates[1:])
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.usefixtures("redis_db")
 def test_broker_down_holds_and_never_updates(aws: Any) -> None:
-    config = make_config(broker_url=f"redis://127.0.0.1:{closed_port()}/{DB}")
+    config = make_config(broker_url=f"redis://127.0.0.1:{free_port()}/{DB}")
     rig = make_rig(aws, config)
     aws.update_service(cluster=CLUSTER, service="worker-default", desiredCount=3)
     rig.updates.clear()
@@ -351,18 +353,7 @@ def test_put_metric_data_accepts_the_emf_values(rig: Rig) -> None:
     rig.tick()
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     for doc in (line for line in rig.lines() if "_aws" in line):
-        directive = doc["_aws"]["CloudWatchMetrics"][0]
-        cloudwatch.put_metric_data(
-            Namespace=directive["Namespace"],
-            MetricData=[
-                {
-                    "MetricName": metric["Name"],
-                    "Unit": metric["Unit"],
-                    "Value": float(doc[metric["Name"]]),
-                    "Dimensions": [{"Name": dim, "Value": doc[dim]} for dim in directive["Dimensions"][0]],
-                }
-                for metric in directive["Metrics"]
-            ],
-        )
+        namespace, data = metric_data_from_emf(doc)
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=data)
     listed = cloudwatch.list_metrics(Namespace="Test/Autoscaler", MetricName="QueueDepth")["Metrics"]
     assert {tuple(sorted(d["Name"] for d in m["Dimensions"])) for m in listed} == {("Pool",), ("Pool", "Queue")}
