@@ -25,6 +25,7 @@ from conftest import redis_url_for
 from fake_ecs_agent import PATH, FakeEcsAgent
 from waiting import wait_until
 
+from celery_autoscaler import config
 from celery_autoscaler import worker as helper
 
 DB = 6
@@ -102,6 +103,8 @@ def test_settings_defaults_caps_and_environment() -> None:
     assert not off.protection
     assert off.protection_url is None
     assert helper.resolve_settings(environ={"CELERY_AUTOSCALER_STOP_TIMEOUT": "120"}).stop_timeout_s == 120
+    capped = helper.resolve_settings(environ={"CELERY_AUTOSCALER_MAX_PROTECTED_MINUTES": "30"})
+    assert capped.max_protected_minutes == 30
     assert (
         helper.resolve_settings(environ={"CELERY_AUTOSCALER_PUBLISH_TIME_HEADER": "x_t"}).publish_time_header == "x_t"
     )
@@ -244,7 +247,7 @@ def test_start_warnings_name_each_risky_setting() -> None:
     assert math.isinf(helper.longest_task_s(app_with(None)))
 
 
-def test_monitor_retries_a_failing_agent_without_blocking(tmp_path: Path) -> None:
+def test_monitor_retries_a_failing_agent_without_blocking() -> None:
     """The monitor's own state machine with a controlled clock: protect, renew, fail, recover, release."""
     busy = [True]
     now = [1000.0]
@@ -275,3 +278,37 @@ def test_monitor_retries_a_failing_agent_without_blocking(tmp_path: Path) -> Non
         monitor.step()
         assert agent.enabled_flags() == [True, True, True, False]
         assert monitor.protected_until is None
+
+
+def test_monitor_caps_one_busy_period_then_protects_again_after_idle() -> None:
+    """A worker that never goes idle must not block deployments forever: protection lapses at the cap."""
+    busy = [True]
+    now = [0.0]
+    with FakeEcsAgent() as agent:
+        settings = helper.resolve_settings(
+            agent_uri=agent.uri,
+            protection_minutes=2,
+            max_protected_minutes=3,
+            renew_before_s=30,
+            release_after_idle_s=5,
+            environ={},
+        )
+        monitor = helper.ProtectionMonitor(settings, busy=lambda: busy[0], clock=lambda: now[0])
+        for _ in range(40):  # 400 s of continuous work, one poll every 10 s
+            monitor.step()
+            now[0] += 10
+        # 2 min at 0 s; renewals at 90 s and 120 s get only what is left of the 3 min cap (1 min each),
+        # so protection ends at 180 s exactly; then no more calls while the work goes on.
+        assert [body.get("ExpiresInMinutes") for body in agent.puts()] == [2, 1, 1]
+        assert monitor.protected_until is None
+        busy[0] = False
+        monitor.step()
+        now[0] += 10
+        monitor.step()  # idle past the debounce: the lapsed period ends (nothing to release)
+        busy[0] = True
+        monitor.step()
+        assert [body.get("ExpiresInMinutes") for body in agent.puts()] == [2, 1, 1, 2]
+
+
+def test_header_default_matches_the_scaler_config() -> None:
+    assert helper.DEFAULT_PUBLISH_TIME_HEADER == config.DEFAULT_PUBLISH_TIME_HEADER

@@ -28,14 +28,16 @@ from typing import Any
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
-from celery_autoscaler.config import DEFAULT_PUBLISH_TIME_HEADER
-
 logger = logging.getLogger("celery_autoscaler.worker")
 
+# The same default as config.DEFAULT_PUBLISH_TIME_HEADER (a test keeps them equal); not imported so
+# that this file also works copied alone into an app that does not install the package.
+DEFAULT_PUBLISH_TIME_HEADER = "x_published_at"
 ENV_AGENT_URI = "ECS_AGENT_URI"
 ENV_PUBLISH_TIME_HEADER = "CELERY_AUTOSCALER_PUBLISH_TIME_HEADER"
 ENV_PROTECTION = "CELERY_AUTOSCALER_SCALE_IN_PROTECTION"
 ENV_PROTECTION_MINUTES = "CELERY_AUTOSCALER_PROTECTION_MINUTES"
+ENV_MAX_PROTECTED_MINUTES = "CELERY_AUTOSCALER_MAX_PROTECTED_MINUTES"
 ENV_STOP_TIMEOUT = "CELERY_AUTOSCALER_STOP_TIMEOUT"
 PROTECTION_PATH = "/task-protection/v1/state"
 MIN_PROTECTION_MINUTES = 1
@@ -64,6 +66,7 @@ class WorkerSettings:
     publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER
     protection: bool = True
     protection_minutes: int = 60
+    max_protected_minutes: int = 120
     release_after_idle_s: float = 10.0
     renew_before_s: float = 300.0
     agent_uri: str | None = None
@@ -94,6 +97,7 @@ def install(
     publish_time_header: str | None = None,
     protection: bool | None = None,
     protection_minutes: int | None = None,
+    max_protected_minutes: int | None = None,
     release_after_idle_s: float = 10.0,
     renew_before_s: float = 300.0,
     agent_uri: str | None = None,
@@ -117,6 +121,7 @@ def install(
         publish_time_header=publish_time_header,
         protection=protection,
         protection_minutes=protection_minutes,
+        max_protected_minutes=max_protected_minutes,
         release_after_idle_s=release_after_idle_s,
         renew_before_s=renew_before_s,
         agent_uri=agent_uri,
@@ -138,6 +143,7 @@ def resolve_settings(
     publish_time_header: str | None = None,
     protection: bool | None = None,
     protection_minutes: int | None = None,
+    max_protected_minutes: int | None = None,
     release_after_idle_s: float = 10.0,
     renew_before_s: float = 300.0,
     agent_uri: str | None = None,
@@ -171,6 +177,10 @@ def resolve_settings(
     minutes = min(max(int(protection_minutes), MIN_PROTECTION_MINUTES), MAX_PROTECTION_MINUTES)
     if minutes != protection_minutes:
         logger.warning("protection_minutes=%s capped to %s (ECS accepts 1..2880)", protection_minutes, minutes)
+    if max_protected_minutes is None:
+        max_protected_minutes = int(_env_number(env, ENV_MAX_PROTECTED_MINUTES) or 120)
+    if max_protected_minutes < 1:
+        raise ValueError(f"max_protected_minutes must be >= 1, got {max_protected_minutes!r}")
     window_s = minutes * 60.0
     if renew_before_s >= window_s:
         # Renewing at least as early as the window is long would call the agent on every poll.
@@ -187,6 +197,7 @@ def resolve_settings(
         publish_time_header=publish_time_header,
         protection=protection,
         protection_minutes=minutes,
+        max_protected_minutes=int(max_protected_minutes),
         release_after_idle_s=float(release_after_idle_s),
         renew_before_s=float(renew_before_s),
         agent_uri=uri,
@@ -254,9 +265,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             _monitor = ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0)
             _monitor.start()
     logger.info(
-        "celery-autoscaler: scale-in protection on (%s, %s min while busy, release after %.0f s idle)",
+        "celery-autoscaler: scale-in protection on (%s, %s min renewed while busy up to %s min, "
+        "released after %.0f s idle)",
         url,
         settings.protection_minutes,
+        settings.max_protected_minutes,
         settings.release_after_idle_s,
     )
 
@@ -266,7 +279,9 @@ class ProtectionMonitor:
 
     Runs as one daemon thread in the worker's main process, which owns the state of every prefork
     child, so protection is one decision per container. Agent calls happen here, never on the task
-    path: a slow or failing agent delays nothing and fails nothing, it only logs.
+    path: a slow or failing agent delays nothing and fails nothing, it only logs. One busy period is
+    protected for at most ``max_protected_minutes``: a worker that never goes idle must not block a
+    deployment forever, so after that the protection lapses until the worker has been idle.
     """
 
     def __init__(
@@ -284,6 +299,8 @@ class ProtectionMonitor:
         self._last_busy = clock()
         self._next_attempt = 0.0
         self._failing = False
+        self._busy_since: float | None = None  # start of the busy period protection covers
+        self._lapsed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -297,25 +314,42 @@ class ProtectionMonitor:
                 logger.exception("celery-autoscaler: protection monitor step failed")
 
     def step(self) -> None:
-        """One poll: protect or renew while busy, release after the idle debounce."""
+        """One poll: protect or renew while busy (up to the cap), release after the idle debounce."""
         now = self._clock()
         if now < self._next_attempt:
             return
+        if self.protected_until is not None and now >= self.protected_until:
+            self.protected_until = None  # the agent has let it expire too
         if self._busy():
             self._last_busy = now
-            renew_at = None if self.protected_until is None else self.protected_until - self.settings.renew_before_s
-            if renew_at is None or now >= renew_at:
-                self._put(enabled=True, now=now)
-        elif self.protected_until is not None and now - self._last_busy >= self.settings.release_after_idle_s:
-            self._put(enabled=False, now=now)
+            due = self.protected_until is None or now >= self.protected_until - self.settings.renew_before_s
+            if due and not self._lapsed:
+                if self._busy_since is None:
+                    self._busy_since = now
+                left_s = self.settings.max_protected_minutes * 60.0 - (now - self._busy_since)
+                minutes = min(self.settings.protection_minutes, int(left_s // 60))
+                if minutes >= 1:
+                    self._put(enabled=True, now=now, minutes=minutes)
+                else:
+                    self._lapsed = True
+                    logger.warning(
+                        "celery-autoscaler: busy for %s min without a break: letting scale-in protection lapse "
+                        "so deployments and scale-in can proceed",
+                        self.settings.max_protected_minutes,
+                    )
+        elif now - self._last_busy >= self.settings.release_after_idle_s:
+            if self.protected_until is not None:
+                self._put(enabled=False, now=now)
+            if self.protected_until is None:
+                self._busy_since, self._lapsed = None, False
 
-    def _put(self, *, enabled: bool, now: float) -> None:
+    def _put(self, *, enabled: bool, now: float, minutes: int = 0) -> None:
         body: dict[str, Any] = {"ProtectionEnabled": enabled}
         if enabled:
-            body["ExpiresInMinutes"] = self.settings.protection_minutes
+            body["ExpiresInMinutes"] = minutes
         error = self._call(body)
         if error is None:
-            self.protected_until = now + self.settings.protection_minutes * 60.0 if enabled else None
+            self.protected_until = now + minutes * 60.0 if enabled else None
             if self._failing:
                 logger.info("celery-autoscaler: ECS agent answers again")
             self._failing = False
