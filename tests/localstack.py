@@ -11,6 +11,7 @@ offline, so they stay on moto.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,7 +79,7 @@ class LocalStack:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM its process group, then SIGKILL after ``grace_s`` (it hangs on SIGTERM)."""
+        """SIGTERM its process group, then SIGKILL after ``grace_s`` (it can hang on SIGTERM); drop its data."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -86,6 +87,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=60)
+        shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
 def start(python: Path, timeout_s: float = 180.0) -> LocalStack:
