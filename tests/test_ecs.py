@@ -118,3 +118,8 @@ def test_protected_tasks_is_none_when_ecs_cannot_tell() -> None:
 def test_a_service_absent_from_the_answer_counts_as_missing() -> None:
     with pytest.raises(EcsError, match="'x' not found in cluster 'c'"):
         require_active(None, "x", "c")
+
+
+def test_any_status_but_active_is_refused() -> None:
+    with pytest.raises(EcsError, match="'x' in cluster 'c' reports ACCESS_DENIED"):
+        require_active(ServiceStatus("x", 0, 0, 0, "ACCESS_DENIED"), "x", "c")

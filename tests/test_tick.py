@@ -186,6 +186,12 @@ def test_idle_pool_steps_down_and_reaches_zero_only_after_the_idle_window(rig: R
     assert first_zero - idle_from >= rig.config.pools[0].idle_window_s
     assert all(count == 10 for t, count in history if t - T0 < rig.config.pools[0].scale_in_window_s)
     assert all(call["desiredCount"] < 10 for call in rig.updates[1:])
+    logs = [line for line in rig.lines() if line.get("pool") == "default"]
+    scale_ins = [line for line in logs if line["decision"]["desired"] < line["measurements"]["current_desired"]]
+    assert scale_ins, "scale-in decisions were logged"
+    # ECS counts protected tasks on scale-in only; moto's services run no tasks, so none are protected.
+    assert all(line["protected_tasks"] == 0 for line in scale_ins)
+    assert all(line["protected_tasks"] is None for line in logs if line not in scale_ins)
 
 
 @pytest.mark.usefixtures("redis_db")

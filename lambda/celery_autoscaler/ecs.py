@@ -18,7 +18,7 @@ DESCRIBE_BATCH = 10
 """DescribeServices accepts at most 10 services per call."""
 
 MISSING = "MISSING"
-"""Status given to a service that DescribeServices reported as a failure (it does not exist)."""
+"""DescribeServices' failure reason for a service that does not exist (other reasons are kept as given)."""
 
 
 class EcsError(Exception):
@@ -27,7 +27,7 @@ class EcsError(Exception):
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """One ECS service's counts as DescribeServices reported them (``status`` MISSING if absent)."""
+    """One ECS service's counts as DescribeServices reported them; ``status`` is its failure reason if it failed."""
 
     service: str
     desired: int
@@ -65,6 +65,8 @@ def require_active(status: ServiceStatus | None, service: str, cluster: str) -> 
         raise EcsError(f"ECS service {service!r} in cluster {cluster!r} is INACTIVE (deleted); not scaling it")
     if status.status == "DRAINING":
         raise EcsError(f"ECS service {service!r} in cluster {cluster!r} is DRAINING (being deleted); not scaling it")
+    if status.status != "ACTIVE":
+        raise EcsError(f"ECS service {service!r} in cluster {cluster!r} reports {status.status}; not scaling it")
     return status
 
 
@@ -108,7 +110,7 @@ class EcsActuator:
             for failure in response.get("failures", []):
                 name = failure.get("arn", "").rsplit("/", 1)[-1]
                 if name in batch and name not in result:
-                    result[name] = ServiceStatus(name, 0, 0, 0, MISSING)
+                    result[name] = ServiceStatus(name, 0, 0, 0, failure.get("reason") or MISSING)
         for name in unique:
             result.setdefault(name, ServiceStatus(name, 0, 0, 0, MISSING))
         return result

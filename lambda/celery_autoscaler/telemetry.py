@@ -75,10 +75,6 @@ class Telemetry:
         handler.setFormatter(JsonFormatter())
         self.logger.addHandler(handler)
 
-    def error(self, message: str, **fields: Any) -> None:
-        """An error outside any one pool (config, secrets, a whole-tick failure)."""
-        self.logger.error(message, extra=fields)
-
     def _emit(self, document: dict[str, Any] | None) -> None:
         if document is not None:
             self.stream.write(json.dumps(document, separators=(",", ":")) + "\n")
