@@ -48,6 +48,10 @@ test: venv services lint ## Everything CI runs: lint, types, pytest (real Redis,
 demo: venv services ## The scaler against local Redis and moto (QUICK=1 for the short run)
 	$(PY) -m celery_autoscaler.demo $(if $(QUICK),--quick,)
 
+.PHONY: bench
+bench: venv services ## Simulated benchmark of every policy on every built-in trace -> bench-out/ (+ probe timings)
+	$(PY) scripts/bench.py --out bench-out
+
 .PHONY: fmt
 fmt: venv ## Format Python and Terraform
 	$(VENV)/bin/ruff format .

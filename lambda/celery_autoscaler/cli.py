@@ -26,6 +26,7 @@ from celery_autoscaler.config import (
     load_config,
 )
 from celery_autoscaler.probe import BrokerUnavailableError
+from celery_autoscaler.sim.command import add_subcommand as add_simulate
 
 EXIT_OK = 0
 EXIT_POOL_FAILED = 1
@@ -154,7 +155,7 @@ def add_evaluate(subparsers: Any) -> None:
     parser.set_defaults(run=run_evaluate)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate, add_simulate]
 """Each entry adds one subcommand's parser to the ``subparsers`` it is given."""
 
 

@@ -11,8 +11,9 @@ What is modelled, and why it matters to the numbers:
 - Scale-in is ECS stopping tasks: pending ones first, then (with scale-in protection, as the worker
   helper sets it while busy and for ``protection_release_s`` after) only unprotected idle workers;
   a stop that protection blocks is retried when a worker's protection lapses. A stopped worker gets
-  SIGTERM: warm shutdown returns its reserved messages to the head of the queue at once and lets
-  running tasks finish; any still running after ``stop_timeout_s`` are killed and counted.
+  SIGTERM ``stop_signal_s`` later (it may take a message in between): warm shutdown returns its
+  reserved messages to the head of the queue at once and lets running tasks finish; any still
+  running after ``stop_timeout_s`` are killed and counted.
 - The scaler is invoked every minute with jitter and runs ``ticks_per_invocation`` ticks inside it;
   comparison policies run on their own fixed period instead.
 
@@ -40,7 +41,7 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 _PENDING, _READY, _DRAINING, _STOPPED = 0, 1, 2, 3
-_DONE, _READY_EVENT, _KILL, _RELEASE, _SAMPLE = 0, 1, 2, 3, 4
+_DONE, _READY_EVENT, _SIGTERM, _KILL, _RELEASE, _SAMPLE = 0, 1, 2, 3, 4, 5
 _INF = math.inf
 
 
@@ -79,6 +80,7 @@ class SimSettings:
     prefetch_multiplier: int = 1
     acks_late: bool = False
     stop_timeout_s: float = 120.0
+    stop_signal_s: tuple[float, float] = (0.5, 2.0)
     scale_in_protection: bool = True
     protection_release_s: float = 10.0
     vcpu: float = 0.25
@@ -174,7 +176,8 @@ def run_pool(
     heap: list[tuple[float, int, int]] = []
     push, pop = heapq.heappush, heapq.heappop
     queue: deque[int] = deque()
-    listeners: deque[int] = deque()
+    listeners: list[int] = []  # consumers blocked in BRPOP; Redis serves them in effectively random order
+    pick = random.Random(f"{seed}:consumers").random
 
     w_state: list[int] = []
     w_pull: list[float] = []
@@ -248,17 +251,21 @@ def run_pool(
             listeners.append(w)
 
     def feed(t: float) -> None:
-        """Hand queued messages to waiting consumers in the order they started waiting (BRPOP)."""
+        """Hand queued messages to consumers blocked in BRPOP.
+
+        Kombu re-issues BRPOP every second, so which blocked consumer Redis serves first is
+        effectively random, not the one idle longest.
+        """
         while queue and listeners:
-            w = listeners.popleft()
-            if w_state[w] != _READY or not has_room(w):
-                w_listen[w] = False
-                continue
-            give(queue.popleft(), w, t)
-            if has_room(w):
-                listeners.append(w)
-            else:
-                w_listen[w] = False
+            j = int(pick() * len(listeners))
+            w = listeners[j]
+            if w_state[w] == _READY and has_room(w):
+                give(queue.popleft(), w, t)
+                if has_room(w):
+                    continue
+            listeners[j] = listeners[-1]
+            listeners.pop()
+            w_listen[w] = False
 
     def finish(w: int, t: float) -> None:
         nonlocal n_up
@@ -267,13 +274,18 @@ def run_pool(
         w_state[w] = _STOPPED
         w_stop[w] = t
 
-    def drain(w: int, t: float) -> None:
-        """SIGTERM: warm shutdown returns reserved messages at once and finishes running tasks."""
-        nonlocal n_reserved
+    def stop(w: int, t: float) -> None:
+        """ECS stops a task: a pending one at once; a running one gets SIGTERM a moment later and
+        may take a message in between (the scale-in race protection cannot close)."""
         del alive[w]
         if w_state[w] == _PENDING:
             finish(w, t)
-            return
+        else:
+            push(heap, (t + victim_rng.uniform(*settings.stop_signal_s), _SIGTERM, w))
+
+    def drain(w: int, t: float) -> None:
+        """SIGTERM: warm shutdown returns reserved messages at once and finishes running tasks."""
+        nonlocal n_reserved
         w_state[w] = _DRAINING
         res = w_res[w]
         n_reserved -= len(res)
@@ -302,7 +314,7 @@ def run_pool(
         if excess <= 0:
             return
         for w in reversed([w for w in alive if w_state[w] == _PENDING][-excess:]):
-            drain(w, t)
+            stop(w, t)
             excess -= 1
         if excess <= 0:
             return
@@ -310,7 +322,7 @@ def run_pool(
         if protect:
             free = sorted((w for w in ready if not protected(w, t)), key=lambda w: (w_idle[w], w))
             for w in free[:excess]:
-                drain(w, t)
+                stop(w, t)
             excess -= min(excess, len(free))
             blocked = excess > 0
             if blocked:
@@ -320,7 +332,7 @@ def run_pool(
                         push(heap, (w_idle[w] + release_s, _RELEASE, w))
         else:
             for w in victim_rng.sample(ready, min(excess, len(ready))):
-                drain(w, t)
+                stop(w, t)
 
     for _ in range(desired):
         refill(new_worker(0.0, ready=True), 0.0)
@@ -377,6 +389,9 @@ def run_pool(
                     w_state[w] = _READY
                     n_up += 1
                     refill(w, t)
+            elif kind == _SIGTERM:
+                if w_state[w] == _READY:
+                    drain(w, t)
             elif kind == _KILL:
                 if w_state[w] == _DRAINING:
                     killed += w_run[w]
@@ -384,9 +399,11 @@ def run_pool(
                     w_run[w] = 0
                     finish(w, t)
             elif kind == _RELEASE:
+                # ECS retries a blocked scale-in as protection lapses: this worker, if it is idle now.
                 w_release[w] = False
-                if blocked:
-                    reconcile(t)
+                if blocked and w in alive and w_state[w] == _READY and not protected(w, t):
+                    stop(w, t)
+                    blocked = len(alive) > desired
             else:
                 samples.append((t, pending, n_up, desired))
                 push(heap, (t + 60.0, _SAMPLE, 0))
