@@ -1,0 +1,47 @@
+provider "aws" {
+  region = var.region
+}
+
+data "aws_availability_zones" "available" {
+  state = "available"
+}
+
+# A tiny VPC so the example applies as-is. Bring your own private subnets with NAT or VPC endpoints
+# in real use: without them the tasks cannot pull images.
+resource "aws_vpc" "this" {
+  cidr_block           = "10.43.0.0/16"
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+
+  tags = { Name = var.name }
+}
+
+resource "aws_subnet" "private" {
+  count = 2
+
+  vpc_id            = aws_vpc.this.id
+  cidr_block        = cidrsubnet(aws_vpc.this.cidr_block, 8, count.index)
+  availability_zone = data.aws_availability_zones.available.names[count.index]
+
+  tags = { Name = "${var.name}-private-${count.index}" }
+}
+
+module "celery" {
+  source = "../../"
+
+  name       = var.name
+  vpc_id     = aws_vpc.this.id
+  subnet_ids = aws_subnet.private[*].id
+  celery_app = var.celery_app
+
+  worker_pools = {
+    default = {
+      image  = var.image
+      queues = ["celery"]
+      max    = 5
+    }
+  }
+
+  # Examples are disposable: delete the broker secret at once on destroy.
+  broker = { secret_recovery_window_days = 0 }
+}
