@@ -44,9 +44,15 @@ lint: venv ## ruff and mypy (strict on the package)
 test: venv services lint ## Everything CI runs: lint, types, pytest (real Redis, Celery, terraform, moto)
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
+# An offline provider mirror if this machine has one (a folder holding registry.terraform.io/);
+# empty means plain `terraform init` from the registry.
+TF_PLUGIN_DIR ?= $(shell test -d /opt/tf-plugins/registry.terraform.io && echo /opt/tf-plugins || \
+	find / -xdev -type d -name registry.terraform.io -prune 2>/dev/null | head -n1 | xargs -r dirname)
+
 .PHONY: demo
-demo: venv services ## The scaler against local Redis and moto (QUICK=1 for the short run)
-	$(PY) -m celery_autoscaler.demo $(if $(QUICK),--quick,)
+demo: venv ## The scaler against local Redis and moto (QUICK=1 for the short run)
+	@command -v redis-server >/dev/null || scripts/ensure-redis.sh
+	PYTHONPATH=examples/local TF_PLUGIN_DIR="$(TF_PLUGIN_DIR)" $(PY) -m demo.main $(if $(QUICK),--quick,)
 
 .PHONY: bench
 bench: venv services ## Simulated benchmark of every policy on every built-in trace -> bench-out/ (+ probe timings)

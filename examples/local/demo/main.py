@@ -1,0 +1,346 @@
+"""`make demo`: Redis, an AWS emulator, `terraform apply` of examples/local, real workers, the real scaler.
+
+Everything it starts it stops again, and only that: an already answering Redis is used as is (the
+demo works in its own db, 12 by default, which it clears), the emulator is our own unless
+``--aws-endpoint`` names one that answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import redis
+
+from celery_autoscaler.config import ScalerConfig, parse_config
+from celery_autoscaler.ecs import EcsActuator, ServiceStatus
+from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.secrets import broker_url
+from celery_autoscaler.state import DynamoStateStore
+from celery_autoscaler.telemetry import Telemetry
+from celery_autoscaler.tick import run_tick
+from demo.events import EventLog, read_events
+from demo.loadgen import LoadGenerator
+from demo.profiles import DEFAULT, QUICK, Profile
+from demo.report import build_summary, plot_timeline
+from demo.runner import APP_DIR, TaskRunner, load_container
+from demo.view import LiveView
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE_DIR = ROOT / "examples" / "local"
+REGION = "us-east-1"
+
+
+def log(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+class DemoActuator:
+    """ECS through the emulator, but ``running`` from what the runner really runs.
+
+    moto reports running = desired the moment desired changes, which would tell the scaler workers
+    are up before any exists; the real count (and pending/protected) comes from the runner instead.
+    """
+
+    def __init__(self, ecs: EcsActuator, runner: TaskRunner, pools_by_service: dict[str, str]) -> None:
+        self._ecs = ecs
+        self._runner = runner
+        self._pools = pools_by_service
+
+    def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
+        described = self._ecs.describe(services)
+        result = {}
+        for name, status in described.items():
+            view = self._runner.views[self._pools[name]] if name in self._pools else None
+            if view is None:
+                result[name] = status
+                continue
+            result[name] = ServiceStatus(name, status.desired, view.running, view.pending, status.status)
+        return result
+
+    def set_desired(self, service: str, count: int) -> None:
+        self._ecs.set_desired(service, count)
+
+    def protected_tasks(self, service: str) -> int | None:
+        return self._runner.views[self._pools[service]].protected
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@contextlib.contextmanager
+def ensure_redis(url: str, out: Path) -> Iterator[None]:
+    """Use the Redis that answers at ``url``; otherwise start one on loopback and stop it after."""
+    if redis_answers(url):
+        yield
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("No Redis answers and redis-server is not installed: run `make services` or install Redis.")
+    port = str(urlparse(url).port or 6379)
+    log(f"starting redis-server on 127.0.0.1:{port}")
+    process = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no"],
+        stdout=(out / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not redis_answers(url):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"redis-server did not answer on port {port} (see {out / 'redis.log'})")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def emulator_answers(endpoint: str) -> bool:
+    try:
+        client = boto3.client("sts", endpoint_url=endpoint, region_name=REGION)
+        client.get_caller_identity()
+        return True
+    except Exception:  # anything but an answer means "not there"
+        return False
+
+
+@contextlib.contextmanager
+def ensure_emulator(endpoint: str | None, out: Path) -> Iterator[str]:
+    """The emulator at ``endpoint`` if it answers, else our own patched moto on a free port."""
+    if endpoint and emulator_answers(endpoint):
+        log(f"using the AWS emulator at {endpoint}")
+        yield endpoint
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from emulator import EmulatorProcess  # the same launcher the Terraform tests use
+
+    emulator = EmulatorProcess(log_path=out / "moto.log")
+    started = emulator.start()
+    log(f"started moto server at {started}")
+    try:
+        yield started
+    finally:
+        emulator.stop()
+
+
+def plugin_dir() -> str | None:
+    """The offline provider mirror, if this machine has one; else plain init uses the registry."""
+    for candidate in (os.environ.get("TF_PLUGIN_DIR", ""), "/opt/tf-plugins"):
+        if candidate and (Path(candidate) / "registry.terraform.io").is_dir():
+            return candidate
+    return None
+
+
+class Terraform:
+    """terraform -chdir=examples/local with the state and .terraform kept in the run's output dir."""
+
+    def __init__(self, out: Path, variables: dict[str, str]) -> None:
+        self.out = out
+        self.variables = variables
+        self.env = {**os.environ, "TF_DATA_DIR": str(out / "terraform-data"), "TF_IN_AUTOMATION": "1"}
+
+    def run(self, *args: str, capture: bool = False) -> str:
+        command = ["terraform", f"-chdir={EXAMPLE_DIR}", *args]
+        with (self.out / "terraform.log").open("a") as log_file:
+            log_file.write(f"\n$ {' '.join(command)}\n")
+            log_file.flush()
+            result = subprocess.run(
+                command,
+                env=self.env,
+                stdout=subprocess.PIPE if capture else log_file,
+                stderr=log_file,
+                text=True,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise SystemExit(f"`terraform {args[0]}` failed; see {self.out / 'terraform.log'}")
+        return result.stdout if capture else ""
+
+    def var_args(self) -> list[str]:
+        return [f"-var={name}={value}" for name, value in self.variables.items()]
+
+    def init(self) -> None:
+        mirror = plugin_dir()
+        extra = [f"-plugin-dir={mirror}"] if mirror else []
+        state = self.out / "terraform.tfstate"
+        self.run("init", "-input=false", "-no-color", f"-backend-config=path={state}", *extra)
+
+    def apply(self) -> None:
+        self.run("apply", "-input=false", "-no-color", "-auto-approve", *self.var_args())
+
+    def output(self, name: str) -> Any:
+        return json.loads(self.run("output", "-no-color", "-json", name, capture=True))
+
+    def destroy(self) -> None:
+        self.run("destroy", "-input=false", "-no-color", "-auto-approve", "-refresh=false", *self.var_args())
+
+
+@contextlib.contextmanager
+def applied(terraform: Terraform) -> Iterator[Terraform]:
+    terraform.init()
+    log("terraform apply of examples/local (the module against the emulator)")
+    started = time.monotonic()
+    try:
+        terraform.apply()
+        log(f"applied in {time.monotonic() - started:.0f} s")
+        yield terraform
+    finally:
+        log("terraform destroy")
+        terraform.destroy()
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog) -> dict[str, Any]:
+    """Start the runner and the load, tick the scaler until the load is over and every pool is at 0."""
+    ecs = boto3.client("ecs")
+    secrets = boto3.client("secretsmanager")
+    url = broker_url(config.broker, secrets)  # as the Lambda gets it: from the module's secret
+    results = redis.Redis.from_url(url)
+    results.flushdb()  # the demo's own db: queues, results and bindings of an earlier run go
+    pools = {pool.name: pool.service for pool in config.pools}
+    containers = {name: load_container(ecs, secrets, config.cluster, service) for name, service in pools.items()}
+    runner = TaskRunner(
+        ecs, config.cluster, pools, containers, events, out / "workers", start_delay_s=profile.start_delay_s
+    )
+    actuator = DemoActuator(EcsActuator(config.cluster, ecs), runner, {s: p for p, s in pools.items()})
+    probe = RedisProbe.from_config(config.broker, url)
+    store = DynamoStateStore(config.state_table or "", boto3.client("dynamodb"))
+    telemetry = Telemetry(config.metrics_namespace, stream=(out / "scaler.jsonl").open("w"))
+
+    # The load generator publishes through the demo app itself, as the web process would.
+    os.environ["CELERY_BROKER_URL"] = url
+    sys.path.insert(0, str(APP_DIR))
+    import demoapp  # noqa: F401 - configures Celery and installs the worker helper
+
+    load = LoadGenerator(profile, results, events)
+    view = LiveView(list(pools), profile.expected_s)
+    events.emit("run_started", profile=profile.name, pools=pools, tick_interval_s=config.tick_interval_s)
+    runner.start()
+    load.start()
+    next_tick = time.monotonic()
+    settle_deadline: float | None = None
+    try:
+        with view:
+            while True:
+                if time.monotonic() >= next_tick:
+                    next_tick += config.tick_interval_s
+                    tick(config, probe, actuator, store, telemetry, runner, events, view)
+                view.phase, view.sent = load.phase, load.sent
+                view.completed = int(results.hlen("demo:done"))
+                view.refresh(runner.views)
+                if load.done.is_set():
+                    settle_deadline = settle_deadline or time.monotonic() + profile.settle_timeout_s
+                    at_zero = all(v.desired == 0 and v.running == 0 and v.stopping == 0 for v in runner.views.values())
+                    if at_zero or time.monotonic() > settle_deadline:
+                        events.emit("run_finished", at_zero=at_zero)
+                        view.refresh(runner.views, done=True)
+                        break
+                time.sleep(0.5)
+    finally:
+        load.stop()
+        runner.stop()
+        probe.close()
+    for error in runner.errors:
+        log(f"runner: {error}")
+    return {"pools": list(pools), "results": results}
+
+
+def tick(
+    config: ScalerConfig,
+    probe: RedisProbe,
+    actuator: DemoActuator,
+    store: DynamoStateStore,
+    telemetry: Telemetry,
+    runner: TaskRunner,
+    events: EventLog,
+    view: LiveView,
+) -> None:
+    """One scaler tick, exactly as the Lambda runs it; every pool's outcome goes to the event log."""
+    try:
+        result = run_tick(config, probe, actuator, store, time.time(), dry_run=config.dry_run, telemetry=telemetry)
+    except Exception as exc:  # a failed tick is a scaler error to count, not a crash
+        events.emit("tick_failed", error=repr(exc))
+        return
+    outcomes = [o.as_dict() for o in result.outcomes]
+    for outcome in outcomes:
+        events.emit("tick", **outcome)
+    view.tick(outcomes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the short profile (under 3 minutes)")
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-out", help="where summary.json, timeline.png go")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/12"), help="a db of its own"
+    )
+    parser.add_argument("--aws-endpoint", default=os.environ.get("DEMO_AWS_ENDPOINT"), help="an emulator to reuse")
+    args = parser.parse_args(argv)
+    if urlparse(args.redis_url).path.strip("/") in {"", "0"}:
+        parser.error("--redis-url must name a db of the demo's own (not 0): the demo clears it")
+    profile = QUICK if args.quick else DEFAULT
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "timeline.png", "events.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    started = time.monotonic()
+    log(f"profile {profile.name}; output in {out}")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ensure_redis(args.redis_url, out))
+        endpoint = stack.enter_context(ensure_emulator(args.aws_endpoint, out))
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+        )
+        terraform = Terraform(
+            out,
+            {
+                "aws_endpoint": endpoint,
+                "redis_url": args.redis_url,
+                "tick_interval_seconds": f"{profile.tick_interval_s:g}",
+                "scale_in_window_seconds": f"{profile.scale_in_window_s:g}",
+                "idle_window_seconds": f"{profile.idle_window_s:g}",
+            },
+        )
+        stack.enter_context(applied(terraform))
+        config = parse_config(terraform.output("scaler_config"))
+        events = EventLog(out / "events.jsonl")
+        stack.callback(events.close)
+        ran = run(profile, config, out, events)
+        events.close()
+        all_events = read_events(out / "events.jsonl")
+        summary = build_summary(ran["results"], all_events, ran["pools"])
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_timeline(all_events, ran["pools"], out / "timeline.png")
+    log(f"done in {time.monotonic() - started:.0f} s: {out / 'summary.json'}, {out / 'timeline.png'}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
