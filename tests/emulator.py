@@ -252,6 +252,21 @@ def _patch_lambda() -> None:
     LambdaFunction.update_configuration = update_configuration  # type: ignore[method-assign]
 
 
+def _patch_ec2() -> None:
+    """Security group rules that reference another group report their description, like AWS.
+
+    moto keeps the description of a rule with a source group but DescribeSecurityGroupRules only
+    reports descriptions of CIDR rules, so every ``aws_vpc_security_group_ingress_rule`` with a
+    ``referenced_security_group_id`` and a description shows a change on every plan.
+    """
+    from moto.ec2.models.security_groups import SecurityGroupRule
+
+    def description(self: SecurityGroupRule) -> str | None:
+        return self.ip_range.get("Description") or self.source_group.get("Description")
+
+    SecurityGroupRule.description = property(description)  # type: ignore[assignment,method-assign]
+
+
 _patched = False
 
 
@@ -267,6 +282,7 @@ def apply_patches() -> None:
 
     if moto.__version__ != MOTO_VERSION:
         raise RuntimeError(f"tests/emulator.py patches moto {MOTO_VERSION}, found {moto.__version__}: re-check them")
+    _patch_ec2()
     _patch_elasticache()
     _patch_ecs()
     _patch_lambda()

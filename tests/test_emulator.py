@@ -111,3 +111,18 @@ def test_lambda_echoes_dead_letter_and_logging_config(endpoint: str) -> None:
 def test_aws_managed_policies_exist(endpoint: str) -> None:
     arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
     assert client(endpoint, "iam").get_policy(PolicyArn=arn)["Policy"]["Arn"] == arn
+
+
+def test_security_group_rule_with_a_source_group_reports_its_description(endpoint: str) -> None:
+    ec2 = client(endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    redis = ec2.create_security_group(GroupName="emu-redis", Description="t", VpcId=vpc)["GroupId"]
+    workers = ec2.create_security_group(GroupName="emu-workers", Description="t", VpcId=vpc)["GroupId"]
+    pair = {"GroupId": workers, "Description": "Redis from the workers"}
+    permission = {"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "UserIdGroupPairs": [pair]}
+    rule_id = ec2.authorize_security_group_ingress(GroupId=redis, IpPermissions=[permission])["SecurityGroupRules"][0][
+        "SecurityGroupRuleId"
+    ]
+    rule = ec2.describe_security_group_rules(SecurityGroupRuleIds=[rule_id])["SecurityGroupRules"][0]
+    assert rule["Description"] == "Redis from the workers"
+    assert rule["ReferencedGroupInfo"]["GroupId"] == workers
