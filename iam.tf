@@ -160,7 +160,7 @@ resource "aws_iam_role_policy_attachment" "scaler_vpc" {
 }
 
 resource "aws_iam_role_policy_attachment" "scaler_xray" {
-  count = var.scaler.enabled && var.scaler.tracing_mode != null ? 1 : 0
+  count = var.scaler.enabled && var.scaler.tracing_mode == "Active" ? 1 : 0
 
   role       = aws_iam_role.scaler[0].name
   policy_arn = "arn:${local.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"

@@ -9,7 +9,7 @@ locals {
 
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.name
+  region     = data.aws_region.current.id
   tags       = merge(var.tags, { "celery-ecs-autoscaler" = var.name })
 
   # Valid Fargate memory (MiB) for each cpu value; used by the cpu/memory validations.

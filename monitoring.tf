@@ -95,6 +95,7 @@ locals {
 ################################################################################
 
 resource "aws_cloudwatch_log_group" "workers" {
+  #checkov:skip=CKV_AWS_338:Retention is the user's choice (log_retention_days, default 30 days); a year of worker logs is rarely wanted.
   name              = local.worker_log_group
   retention_in_days = var.log_retention_days
   kms_key_id        = var.kms_key_arn
@@ -103,6 +104,7 @@ resource "aws_cloudwatch_log_group" "workers" {
 }
 
 resource "aws_cloudwatch_log_group" "scaler" {
+  #checkov:skip=CKV_AWS_338:Retention is the user's choice (log_retention_days, default 30 days); the state table holds what must last.
   count = var.scaler.enabled ? 1 : 0
 
   name              = local.scaler_log_group

@@ -540,7 +540,7 @@ variable "scaler" {
   description = <<-EOT
     The scaler Lambda. Every minute (schedule_expression) one invocation runs ticks_per_invocation ticks, tick_interval_seconds apart.
     package_path defaults to the committed zip (lambda/dist/celery-autoscaler-lambda.zip); s3_bucket + s3_key use a package from S3 instead.
-    dry_run decides and logs without UpdateService. tracing_mode: null (off), "Active" or "PassThrough".
+    dry_run decides and logs without UpdateService. tracing_mode: "PassThrough" (no sampling) or "Active" (X-Ray traces; grants the X-Ray write policy).
   EOT
   type = object({
     enabled               = optional(bool, true)
@@ -555,7 +555,7 @@ variable "scaler" {
     ticks_per_invocation  = optional(number, 4)
     dry_run               = optional(bool, false)
     metrics_namespace     = optional(string, "CeleryAutoscaler")
-    tracing_mode          = optional(string)
+    tracing_mode          = optional(string, "PassThrough")
   })
   default  = {}
   nullable = false
@@ -606,8 +606,8 @@ variable "scaler" {
   }
 
   validation {
-    condition     = var.scaler.tracing_mode == null || contains(["Active", "PassThrough"], coalesce(var.scaler.tracing_mode, "-"))
-    error_message = "scaler.tracing_mode must be null, \"Active\" or \"PassThrough\"."
+    condition     = contains(["Active", "PassThrough"], var.scaler.tracing_mode)
+    error_message = "scaler.tracing_mode must be \"Active\" or \"PassThrough\"."
   }
 }
 

@@ -9,7 +9,7 @@ mock_provider "aws" {
     defaults = { partition = "aws", dns_suffix = "amazonaws.com" }
   }
   mock_data "aws_region" {
-    defaults = { name = "eu-west-1" }
+    defaults = { id = "eu-west-1", name = "eu-west-1" }
   }
   mock_data "aws_secretsmanager_random_password" {
     defaults = { random_password = "GeneratedToken0123456789abcdefGeneratedToken0123456789abcdef0123" }
@@ -301,6 +301,11 @@ run "scaler_lambda_schedule_and_state" {
   assert {
     condition     = length(aws_lambda_function.scaler[0].vpc_config[0].subnet_ids) == 2 && aws_lambda_function.scaler[0].dead_letter_config[0].target_arn == aws_sqs_queue.scaler_dlq[0].arn
     error_message = "The Lambda runs in the private subnets and sends failed invocations to the dead-letter queue."
+  }
+
+  assert {
+    condition     = aws_lambda_function.scaler[0].tracing_config[0].mode == "PassThrough" && length(aws_iam_role_policy_attachment.scaler_xray) == 0
+    error_message = "Tracing is PassThrough by default, without X-Ray permissions."
   }
 
   assert {

@@ -10,7 +10,7 @@ mock_provider "aws" {
     defaults = { partition = "aws" }
   }
   mock_data "aws_region" {
-    defaults = { name = "eu-west-1" }
+    defaults = { id = "eu-west-1", name = "eu-west-1" }
   }
   mock_data "aws_secretsmanager_random_password" {
     defaults = { random_password = "GeneratedToken0123456789abcdef" }
