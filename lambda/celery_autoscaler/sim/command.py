@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vcpu", type=float, default=0.25, help="worker vCPU (default 0.25)")
     parser.add_argument("--memory-gb", type=float, default=0.5, help="worker memory in GB (default 0.5)")
     parser.add_argument("--acks-late", action="store_true", help="workers ack after running (probe sees running)")
+    parser.add_argument(
+        "--probe-sees-running", action="store_true", help="what-if: the probe also counts running tasks"
+    )
     parser.add_argument("--prefetch-multiplier", type=int, default=1, help="Celery prefetch multiplier (default 1)")
     parser.add_argument("--stop-timeout-s", type=float, default=120.0, help="ECS stopTimeout (default 120)")
     parser.add_argument("--no-protection", action="store_true", help="workers do not use scale-in protection")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             vcpu=args.vcpu,
             memory_gb=args.memory_gb,
             acks_late=args.acks_late,
+            probe_sees_running=args.probe_sees_running,
             prefetch_multiplier=args.prefetch_multiplier,
             stop_timeout_s=args.stop_timeout_s,
             scale_in_protection=not args.no_protection,

@@ -4,8 +4,10 @@ What is modelled, and why it matters to the numbers:
 - The broker is one FIFO list per pool. Workers hold up to ``concurrency x prefetch_multiplier``
   unacked messages; with ``acks_late=False`` (the module's default) a message is acked when it
   starts, so the probe sees *reserved* (prefetched, not started) messages as in-flight and running
-  tasks not at all, exactly as the real probe does. Idle consumers are served round-robin, like
-  clients blocked in BRPOP, so a busy worker can prefetch a task while another worker idles.
+  tasks not at all, exactly as the real probe does (``probe_sees_running`` is the what-if of a
+  running-task counter kept by the worker helper). Consumers with room are served in effectively
+  random order (kombu re-issues BRPOP every second), so a busy worker can prefetch a task while
+  another worker idles.
 - A worker starts after control-plane, provisioning, image-pull and app-start delays; Fargate bills
   per second from the image pull to the stop, at least ``min_billed_s``.
 - Scale-in is ECS stopping tasks: pending ones first, then (with scale-in protection, as the worker
@@ -79,6 +81,7 @@ class SimSettings:
     start_delay: StartDelay = field(default_factory=StartDelay)
     prefetch_multiplier: int = 1
     acks_late: bool = False
+    probe_sees_running: bool = False
     stop_timeout_s: float = 120.0
     stop_signal_s: tuple[float, float] = (0.5, 2.0)
     scale_in_protection: bool = True
@@ -164,6 +167,7 @@ def run_pool(
     conc = pool.concurrency
     hold = conc * settings.prefetch_multiplier
     acks_late = settings.acks_late
+    sees_running = acks_late or settings.probe_sees_running
     protect = settings.scale_in_protection
     release_s = settings.protection_release_s
     stop_timeout = settings.stop_timeout_s
@@ -413,7 +417,7 @@ def run_pool(
                 break
             k += 1
             tk = ticks[k]
-            in_flight = n_reserved + n_running if acks_late else n_reserved
+            in_flight = n_reserved + n_running if sees_running else n_reserved
             load = PoolLoad(
                 waiting=len(queue),
                 in_flight=in_flight,
