@@ -191,13 +191,13 @@ resource "aws_iam_role_policy" "scaler" {
         {
           Sid      = "ReadTaskProtection"
           Effect   = "Allow"
-          Action   = ["ecs:DescribeTasks", "ecs:GetTaskProtection"]
+          Action   = ["ecs:GetTaskProtection"]
           Resource = [local.task_arn_pattern]
         },
         {
           Sid      = "StateTable"
           Effect   = "Allow"
-          Action   = ["dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem"]
+          Action   = ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
           Resource = [local.scaler_state_arn]
         },
         {
@@ -207,13 +207,7 @@ resource "aws_iam_role_policy" "scaler" {
           Resource = [local.broker_secret_arn]
         },
         {
-          Sid       = "Metrics"
-          Effect    = "Allow"
-          Action    = ["cloudwatch:PutMetricData"]
-          Resource  = ["*"]
-          Condition = { StringEquals = { "cloudwatch:namespace" = var.scaler.metrics_namespace } }
-        },
-        {
+          # Its log lines carry the metrics too (CloudWatch embedded metric format): no PutMetricData.
           Sid      = "Logs"
           Effect   = "Allow"
           Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]

@@ -56,7 +56,7 @@ locals {
       type   = "metric"
       x      = 0
       y      = 0
-      width  = 12
+      width  = 8
       height = 6
       properties = {
         title  = "Scaler: invocations, errors, throttles"
@@ -68,15 +68,29 @@ locals {
           ["AWS/Lambda", "Invocations", "FunctionName", local.scaler_name],
           ["AWS/Lambda", "Errors", "FunctionName", local.scaler_name],
           ["AWS/Lambda", "Throttles", "FunctionName", local.scaler_name],
-          [local.metrics_namespace, "ScalerErrors"],
         ]
       }
     },
     {
       type   = "metric"
-      x      = 12
+      x      = 8
       y      = 0
-      width  = 12
+      width  = 8
+      height = 6
+      properties = {
+        title   = "Scaler: errors per pool (broker or ECS unreachable)"
+        region  = local.region
+        stat    = "Sum"
+        period  = 60
+        view    = "timeSeries"
+        metrics = [for pool in sort(keys(var.worker_pools)) : [local.metrics_namespace, "ScalerErrors", "Pool", pool]]
+      }
+    },
+    {
+      type   = "metric"
+      x      = 16
+      y      = 0
+      width  = 8
       height = 6
       properties = {
         title   = "Scaler: scaling actions per pool"
@@ -150,12 +164,13 @@ resource "aws_cloudwatch_metric_alarm" "scaler_lambda_errors" {
 }
 
 resource "aws_cloudwatch_metric_alarm" "scaler_errors" {
-  count = local.alarms_enabled ? 1 : 0
+  for_each = local.alarms_enabled ? var.worker_pools : {}
 
-  alarm_name          = "${local.scaler_name}-errors"
-  alarm_description   = "The Celery autoscaler of ${var.name} reported errors (broker or ECS unreachable) in 3 of the last 5 minutes."
+  alarm_name          = "${local.pool_services[each.key]}-scaler-errors"
+  alarm_description   = "The Celery autoscaler of ${var.name} could not measure or scale pool ${each.key} (broker or ECS unreachable) in 3 of the last 5 minutes."
   namespace           = local.metrics_namespace
   metric_name         = "ScalerErrors"
+  dimensions          = { Pool = each.key }
   statistic           = "Sum"
   period              = 60
   evaluation_periods  = 5

@@ -243,8 +243,12 @@ run "scaler_iam_is_scoped_to_this_module" {
   }
 
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Condition if s.Sid == "Metrics"][0] == { StringEquals = { "cloudwatch:namespace" = "CeleryAutoscaler" } }
-    error_message = "PutMetricData is limited to the scaler's namespace."
+    condition = toset(flatten(jsondecode(aws_iam_role_policy.scaler[0].policy).Statement[*].Action)) == toset([
+      "ecs:DescribeServices", "ecs:UpdateService", "ecs:ListTasks", "ecs:GetTaskProtection",
+      "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+      "secretsmanager:GetSecretValue", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage",
+    ])
+    error_message = "The scaler's inline policy grants exactly what it calls (metrics go out as EMF log lines)."
   }
 
   assert {
@@ -545,12 +549,12 @@ run "monitoring" {
   }
 
   assert {
-    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 2 + 3 * 2
+    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 3 + 3 * 2
     error_message = "The dashboard has the scaler's widgets and three per pool."
   }
 
   assert {
-    condition     = aws_cloudwatch_metric_alarm.scaler_lambda_errors[0].dimensions.FunctionName == "celery-scaler" && aws_cloudwatch_metric_alarm.scaler_errors[0].namespace == "CeleryAutoscaler"
+    condition     = aws_cloudwatch_metric_alarm.scaler_lambda_errors[0].dimensions.FunctionName == "celery-scaler" && aws_cloudwatch_metric_alarm.scaler_errors["reports"].namespace == "CeleryAutoscaler" && aws_cloudwatch_metric_alarm.scaler_errors["reports"].dimensions.Pool == "reports"
     error_message = "The scaler's alarms watch its function and its metrics namespace."
   }
 }
