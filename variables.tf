@@ -352,7 +352,7 @@ variable "worker_pools" {
 }
 
 variable "enable_execute_command" {
-  description = "Enable ECS Exec on worker and beat services (grants the task role the ssmmessages permissions it needs)."
+  description = "Enable ECS Exec on worker and beat services (grants the task role the ssmmessages permissions it needs and makes root filesystems writable, which the ECS Exec agent requires)."
   type        = bool
   default     = false
   nullable    = false

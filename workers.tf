@@ -36,7 +36,7 @@ locals {
     environment            = [for k, v in local.pool_environment[pool] : { name = k, value = v }]
     secrets                = [for k, v in merge(p.secrets, local.broker_secret_env) : { name = k, valueFrom = v }]
     stopTimeout            = p.stop_timeout
-    readonlyRootFilesystem = p.readonly_root_filesystem
+    readonlyRootFilesystem = p.readonly_root_filesystem && !var.enable_execute_command # the ECS Exec agent writes to the root filesystem
     linuxParameters        = { initProcessEnabled = true }
     logConfiguration = {
       logDriver = "awslogs"

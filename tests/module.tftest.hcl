@@ -108,6 +108,11 @@ run "workers_start_at_min_and_get_the_broker_url_as_a_secret" {
   }
 
   assert {
+    condition     = jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)[0].readonlyRootFilesystem
+    error_message = "Worker root filesystems are read-only by default."
+  }
+
+  assert {
     condition     = !aws_ecs_service.worker["default"].enable_execute_command && aws_ecs_service.worker["default"].propagate_tags == "SERVICE"
     error_message = "ECS Exec is off by default and service tags propagate to tasks."
   }
@@ -519,6 +524,24 @@ run "options_off_and_overrides" {
   assert {
     condition     = jsondecode(aws_iam_role_policy.task[0].policy).Statement == [{ Sid = "Uploads", Effect = "Allow", Action = ["s3:PutObject"], Resource = ["arn:aws:s3:::uploads/*"], Condition = { StringEquals = { "s3:x-amz-acl" = ["private"] } } }]
     error_message = "Extra task role statements are added as given; no task protection permission without scale_in_protection."
+  }
+}
+
+run "ecs_exec" {
+  command = plan
+
+  variables {
+    enable_execute_command = true
+  }
+
+  assert {
+    condition     = aws_ecs_service.worker["default"].enable_execute_command && contains(jsondecode(aws_iam_role_policy.task[0].policy).Statement[*].Sid, "EcsExec")
+    error_message = "ECS Exec turns on per service and grants the ssmmessages channel permissions."
+  }
+
+  assert {
+    condition     = !jsondecode(aws_ecs_task_definition.worker["default"].container_definitions)[0].readonlyRootFilesystem
+    error_message = "The ECS Exec agent needs a writable root filesystem."
   }
 }
 
