@@ -250,8 +250,9 @@ def main() -> int:
             checks = targets(results[name])
             document["targets"].setdefault(scenario, {})[name] = checks
             md += [f"### {name} ({len(trace)} tasks)", "", *table(results[name]), ""]
-            md += [f"- {'holds' if c['holds'] else 'FAILS'}: {c['target']} ({c['numbers']})" for c in checks]
-            md += [f"  - why: {c['why']}" for c in checks if "why" in c]
+            for c in checks:
+                md.append(f"- {'holds' if c['holds'] else 'FAILS'}: {c['target']} ({c['numbers']})")
+                md += [f"  - why: {c['why']}"] if "why" in c else []
             md.append("")
             if scenario == "defaults":
                 timeline(name, outcomes, out / f"timeline-{name}.png")
