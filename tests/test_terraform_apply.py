@@ -1,0 +1,216 @@
+"""The examples apply for real (against the moto emulator on loopback), re-plan clean and destroy clean.
+
+For each example: copy the module and the example to a temp dir, add a ``zz_emulator_override.tf``
+pointing the aws provider at a fresh emulator (tests/emulator.py; the module itself is untouched),
+then ``init``, ``apply``, ``plan -detailed-exitcode`` (must say: no changes), check that the scaler
+configuration the module deployed is accepted by ``celery_autoscaler.config.parse_config``,
+``destroy``, and list every kind of resource in the emulator: nothing may be left. Times and resource
+counts are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from emulator import REGION, EmulatorProcess, provider_override
+
+from celery_autoscaler.config import parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ("complete", "minimal")
+PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR") or ("/opt/tf-plugins" if Path("/opt/tf-plugins").is_dir() else "")
+COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
+
+pytestmark = [pytest.mark.terraform, pytest.mark.slow]
+
+
+def terraform(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run terraform non-interactively; on failure show its output (the reason is in there)."""
+    env = {
+        **os.environ,
+        "TF_IN_AUTOMATION": "1",
+        "CHECKPOINT_DISABLE": "1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    env.pop("AWS_PROFILE", None)
+    result = subprocess.run(
+        ["terraform", *args, "-no-color"], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"terraform {args[0]} failed ({result.returncode}):\n{result.stdout[-6000:]}{result.stderr}"
+        )
+    return result
+
+
+def prepare(example: Path, tmp_path: Path, endpoint: str) -> Path:
+    """Copy the module (its .tf files and the Lambda zip) and the example, keeping ``source = "../../"`` valid."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for tf in ROOT.glob("*.tf"):
+        shutil.copy2(tf, repo / tf.name)
+    (repo / "lambda" / "dist").mkdir(parents=True)
+    shutil.copy2(ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip", repo / "lambda" / "dist")
+    workdir = repo / "examples" / example.name
+    shutil.copytree(example, workdir, ignore=COPY_IGNORE)
+    (workdir / "zz_emulator_override.tf").write_text(provider_override(endpoint))
+    return workdir
+
+
+def aws(endpoint: str, service: str) -> Any:
+    return boto3.client(
+        service, endpoint_url=endpoint, region_name=REGION, aws_access_key_id="test", aws_secret_access_key="test"
+    )
+
+
+def inventory(endpoint: str) -> dict[str, list[str]]:
+    """Everything the module or an example could create, as found in the emulator (most defaults left out)."""
+    ec2, ecs, iam = aws(endpoint, "ec2"), aws(endpoint, "ecs"), aws(endpoint, "iam")
+    elasticache, scheduler = aws(endpoint, "elasticache"), aws(endpoint, "scheduler")
+    clusters = [
+        c["clusterArn"]
+        for c in ecs.describe_clusters(clusters=ecs.list_clusters()["clusterArns"] or ["none"])["clusters"]
+        if c["status"] == "ACTIVE"
+    ]
+    found = {
+        "vpcs": [v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"] if not v["IsDefault"]],
+        "subnets": [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if not s["DefaultForAz"]],
+        "security_groups": [
+            g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"
+        ],
+        # Deleted endpoints and NAT gateways stay listed as "deleted" for a while, in AWS as in moto.
+        "vpc_endpoints": [
+            e["VpcEndpointId"] for e in ec2.describe_vpc_endpoints()["VpcEndpoints"] if e["State"].lower() != "deleted"
+        ],
+        "internet_gateways": [g["InternetGatewayId"] for g in ec2.describe_internet_gateways()["InternetGateways"]],
+        "nat_gateways": [
+            g["NatGatewayId"]
+            for g in ec2.describe_nat_gateways()["NatGateways"]
+            if g["State"] not in ("deleted", "deleting")
+        ],
+        "elastic_ips": [a["AllocationId"] for a in ec2.describe_addresses()["Addresses"]],
+        "route_tables": [
+            t["RouteTableId"]
+            for t in ec2.describe_route_tables()["RouteTables"]
+            if not any(a.get("Main") for a in t.get("Associations", []))
+        ],
+        "ecs_clusters": clusters,
+        "ecs_services": [s for c in clusters for s in ecs.list_services(cluster=c)["serviceArns"]],
+        "task_definitions": ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"],
+        "lambda_functions": [f["FunctionName"] for f in aws(endpoint, "lambda").list_functions()["Functions"]],
+        "dynamodb_tables": aws(endpoint, "dynamodb").list_tables()["TableNames"],
+        "iam_roles": [r["RoleName"] for r in iam.list_roles()["Roles"]],
+        "iam_policies": [p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"]],
+        "secrets": [s["Name"] for s in aws(endpoint, "secretsmanager").list_secrets()["SecretList"]],
+        "sqs_queues": aws(endpoint, "sqs").list_queues().get("QueueUrls", []),
+        "sns_topics": [t["TopicArn"] for t in aws(endpoint, "sns").list_topics()["Topics"]],
+        "log_groups": [g["logGroupName"] for g in aws(endpoint, "logs").describe_log_groups()["logGroups"]],
+        "replication_groups": [
+            g["ReplicationGroupId"] for g in elasticache.describe_replication_groups()["ReplicationGroups"]
+        ],
+        "cache_clusters": [c["CacheClusterId"] for c in elasticache.describe_cache_clusters()["CacheClusters"]],
+        "cache_subnet_groups": [
+            g["CacheSubnetGroupName"] for g in elasticache.describe_cache_subnet_groups()["CacheSubnetGroups"]
+        ],
+        "schedules": [s["Name"] for s in scheduler.list_schedules()["Schedules"]],
+        "schedule_groups": [
+            g["Name"] for g in scheduler.list_schedule_groups()["ScheduleGroups"] if g["Name"] != "default"
+        ],
+        "event_rules": [r["Name"] for r in aws(endpoint, "events").list_rules()["Rules"]],
+        "alarms": [a["AlarmName"] for a in aws(endpoint, "cloudwatch").describe_alarms()["MetricAlarms"]],
+        "dashboards": [d["DashboardName"] for d in aws(endpoint, "cloudwatch").list_dashboards()["DashboardEntries"]],
+        "ssm_parameters": [p["Name"] for p in aws(endpoint, "ssm").describe_parameters()["Parameters"]],
+        "scalable_targets": [
+            t["ResourceId"]
+            for t in aws(endpoint, "application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")[
+                "ScalableTargets"
+            ]
+        ],
+    }
+    kms = aws(endpoint, "kms")
+    # AWS managed keys (alias/aws/dynamodb, ...) appear on a service's first use and are nobody's to delete.
+    aws_managed = {
+        a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"] if a["AliasName"].startswith("alias/aws/")
+    }
+    keys = [kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"]]
+    found["kms_keys"] = [
+        k["KeyId"]
+        for k in keys
+        if k["KeyId"] not in aws_managed and k["KeyState"] not in ("PendingDeletion", "Disabled")
+    ]
+    return {kind: names for kind, names in found.items() if names}
+
+
+def new_since(baseline: dict[str, list[str]], now: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What ``now`` holds beyond ``baseline``, per kind."""
+    new = {kind: sorted(set(names) - set(baseline.get(kind, []))) for kind, names in now.items()}
+    return {kind: names for kind, names in new.items() if names}
+
+
+def deployed_scaler_config(endpoint: str, function_name: str) -> dict[str, Any]:
+    """The configuration document the Lambda really received, read back from the emulator."""
+    variables = aws(endpoint, "lambda").get_function_configuration(FunctionName=function_name)["Environment"][
+        "Variables"
+    ]
+    config: dict[str, Any] = json.loads(variables["CELERY_AUTOSCALER_CONFIG"])
+    return config
+
+
+def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str, Any]:
+    """The whole cycle for one example; returns what was measured (for printing)."""
+    baseline = inventory(endpoint)  # what a fresh emulator already holds (the default VPC's parts)
+    workdir = prepare(example, tmp_path, endpoint)
+    terraform(workdir, "init", "-input=false", *([f"-plugin-dir={PLUGIN_DIR}"] if PLUGIN_DIR else []))
+
+    started = time.monotonic()
+    terraform(workdir, "apply", "-auto-approve", "-input=false")
+    apply_s = time.monotonic() - started
+    state = terraform(workdir, "state", "list").stdout.split()
+    managed = [address for address in state if not re.search(r"(^|\.)data\.", address.split("[")[0])]
+    created = new_since(baseline, inventory(endpoint))
+
+    plan = terraform(workdir, "plan", "-detailed-exitcode", "-input=false", check=False)
+    assert plan.returncode == 0, f"a second plan must show no changes:\n{plan.stdout[-8000:]}{plan.stderr}"
+
+    outputs = json.loads(terraform(workdir, "output", "-json").stdout)
+    functions = created.get("lambda_functions", [])
+    assert len(functions) == 1, functions
+    deployed = deployed_scaler_config(endpoint, functions[0])
+    config = parse_config(deployed)
+    if "scaler_config" in outputs:
+        assert parse_config(outputs["scaler_config"]["value"]) == config
+
+    started = time.monotonic()
+    terraform(workdir, "destroy", "-auto-approve", "-input=false")
+    destroy_s = time.monotonic() - started
+    left = new_since(baseline, inventory(endpoint))
+    assert left == {}, f"destroy left resources in the emulator: {left}"
+    return {
+        "apply_s": apply_s,
+        "destroy_s": destroy_s,
+        "resources": len(managed),
+        "pools": [pool.name for pool in config.pools],
+        "kinds": {kind: len(names) for kind, names in created.items()},
+    }
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_applies_replans_clean_and_destroys_clean(name: str, tmp_path: Path) -> None:
+    example = ROOT / "examples" / name
+    assert (example / "main.tf").is_file(), f"examples/{name} is missing"
+    with EmulatorProcess(log_path=tmp_path / "emulator.log") as emulator:
+        result = apply_plan_destroy(example, tmp_path, emulator.endpoint)
+    print(
+        f"examples/{name}: {result['resources']} resources, apply {result['apply_s']:.0f} s, "
+        f"destroy {result['destroy_s']:.0f} s, pools {result['pools']}, in the emulator {result['kinds']}"
+    )
