@@ -148,7 +148,7 @@ def test_protect_on_first_task_renew_while_busy_release_when_idle(
         _wait_ready(redis_db, w)
         assert agent.puts() == [], "an idle worker must not ask for protection"
 
-        short = work.delay(0.5).id
+        short = work.delay(1.0).id
         wait_until(lambda: _count(redis_db, DONE, short) == 1, timeout=60, what="short task done")
         wait_until(lambda: agent.enabled_flags() == [True, False], timeout=60, what="protect, then release")
 
@@ -156,7 +156,7 @@ def test_protect_on_first_task_renew_while_busy_release_when_idle(
         long = block.delay(release_key).id
         wait_until(lambda: _count(redis_db, STARTED, long) == 1, timeout=60, what="long task started")
         # Renewals: two more protect calls while the one long task is still running.
-        wait_until(lambda: agent.enabled_flags()[2:] == [True, True, True], timeout=60, what="renewals")
+        wait_until(lambda: agent.enabled_flags()[2:5] == [True, True, True], timeout=60, what="renewals")
         assert _count(redis_db, DONE, long) == 0
         redis_db.rpush(release_key, "go")
         wait_until(lambda: _count(redis_db, DONE, long) == 1, timeout=60, what="long task done")
