@@ -62,7 +62,7 @@ class DemoActuator:
         described = self._ecs.describe(services)
         result = {}
         for name, status in described.items():
-            view = self._runner.views[self._pools[name]] if name in self._pools else None
+            view = self._runner.snapshot()[self._pools[name]] if name in self._pools else None
             if view is None:
                 result[name] = status
                 continue
@@ -73,7 +73,7 @@ class DemoActuator:
         self._ecs.set_desired(service, count)
 
     def protected_tasks(self, service: str) -> int | None:
-        return self._runner.views[self._pools[service]].protected
+        return self._runner.snapshot()[self._pools[service]].protected
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -226,7 +226,8 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog) -> 
     actuator = DemoActuator(EcsActuator(config.cluster, ecs), runner, {s: p for p, s in pools.items()})
     probe = RedisProbe.from_config(config.broker, url)
     store = DynamoStateStore(config.state_table or "", boto3.client("dynamodb"))
-    telemetry = Telemetry(config.metrics_namespace, stream=(out / "scaler.jsonl").open("w"))
+    scaler_log = (out / "scaler.jsonl").open("w")  # the scaler's own JSON lines, as CloudWatch would get them
+    telemetry = Telemetry(config.metrics_namespace, stream=scaler_log)
 
     # The load generator publishes through the demo app itself, as the web process would.
     os.environ["CELERY_BROKER_URL"] = url
@@ -245,22 +246,24 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog) -> 
             while True:
                 if time.monotonic() >= next_tick:
                     next_tick += config.tick_interval_s
-                    tick(config, probe, actuator, store, telemetry, runner, events, view)
+                    tick(config, probe, actuator, store, telemetry, events, view)
                 view.phase, view.sent = load.phase, load.sent
                 view.completed = int(results.hlen("demo:done"))
-                view.refresh(runner.views)
+                views = runner.snapshot()
+                view.refresh(views)
                 if load.done.is_set():
                     settle_deadline = settle_deadline or time.monotonic() + profile.settle_timeout_s
-                    at_zero = all(v.desired == 0 and v.running == 0 and v.stopping == 0 for v in runner.views.values())
+                    at_zero = all(v.desired == 0 and v.running == 0 and v.stopping == 0 for v in views.values())
                     if at_zero or time.monotonic() > settle_deadline:
                         events.emit("run_finished", at_zero=at_zero)
-                        view.refresh(runner.views, done=True)
+                        view.refresh(views, done=True)
                         break
                 time.sleep(0.5)
     finally:
         load.stop()
         runner.stop()
         probe.close()
+        scaler_log.close()
     for error in runner.errors:
         log(f"runner: {error}")
     return {"pools": list(pools), "results": results}
@@ -272,7 +275,6 @@ def tick(
     actuator: DemoActuator,
     store: DynamoStateStore,
     telemetry: Telemetry,
-    runner: TaskRunner,
     events: EventLog,
     view: LiveView,
 ) -> None:

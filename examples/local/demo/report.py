@@ -133,7 +133,7 @@ def plot_timeline(events: list[dict[str, Any]], pools: list[str], path: Path) ->
         for index, (when, phase) in enumerate(phases):
             until = phases[index + 1][0] if index + 1 < len(phases) else end_t
             if phase == "trickle":
-                ax.axvspan(when, until, color="#fff3b0", alpha=0.5, lw=0)
+                ax.axvspan(when, until, color="#fff6cc", lw=0, zorder=0)
             ax.axvline(when, color="grey", lw=0.8, ls=":")
             ax.annotate(
                 phase, (when, 0.98), xycoords=("data", "axes fraction"), fontsize=8, va="top", ha="right", rotation=90

@@ -19,8 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,7 +102,6 @@ class TaskRunner:
         log_dir: Path,
         start_delay_s: float = 20.0,
         poll_s: float = 1.0,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._ecs = ecs
         self._cluster = cluster
@@ -113,7 +111,6 @@ class TaskRunner:
         self._log_dir = log_dir
         self._start_delay_s = start_delay_s
         self._poll_s = poll_s
-        self._clock = clock
         self._tasks: dict[str, list[Task]] = {pool: [] for pool in pools}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -127,14 +124,10 @@ class TaskRunner:
         self.agent.start()
         self._thread.start()
 
-    def running(self, pool: str) -> int:
-        """Tasks whose worker process is up and not stopping: the count ECS would report as running."""
+    def snapshot(self) -> dict[str, PoolView]:
+        """A consistent copy of every pool's counts (the runner thread keeps updating the originals)."""
         with self._lock:
-            return self.views[pool].running
-
-    def pending(self, pool: str) -> int:
-        with self._lock:
-            return self.views[pool].pending
+            return {name: replace(view) for name, view in self.views.items()}
 
     def _protection_changed(self, task_id: str, enabled: bool, expires: float | None) -> None:
         self._events.emit("protection", task=task_id, enabled=enabled, expires=expires)
@@ -156,7 +149,7 @@ class TaskRunner:
     def reconcile(self) -> None:
         """One pass: read desired counts, then start, stop and reap tasks for every pool."""
         desired = self._desired_counts()
-        now = self._clock()
+        now = time.time()
         for name in self._services:
             self._reconcile_pool(name, desired.get(name, 0), now)
 
@@ -265,18 +258,18 @@ class TaskRunner:
             assert task.process is not None
             if task.stopping_at is None:
                 task.process.send_signal(signal.SIGTERM)
-                task.stopping_at = self._clock()
+                task.stopping_at = time.time()
                 self._events.emit("task_stopping", pool=task.pool, task=task.task_id, at_exit=True)
-        deadline = self._clock() + timeout_s
+        deadline = time.time() + timeout_s
         for task in live:
             assert task.process is not None
             try:
-                task.process.wait(max(0.1, deadline - self._clock()))
+                task.process.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 task.process.kill()
                 task.process.wait()
                 self._events.emit("task_killed", pool=task.pool, task=task.task_id)
-            task.exited_at = self._clock()
+            task.exited_at = time.time()
             self._events.emit(
                 "task_exited", pool=task.pool, task=task.task_id, code=task.process.returncode, expected=True
             )

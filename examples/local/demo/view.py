@@ -81,14 +81,18 @@ class LiveView:
 
     def _render(self, views: dict[str, PoolView]) -> Group:
         table = Table(expand=True)
-        for column in ("pool", "waiting", "in flight", "oldest", "desired", "running", "last decision"):
-            table.add_column(column, justify="left" if column in {"pool", "last decision"} else "right")
+        for column in ("pool", "waiting", "in flight", "oldest", "desired", "running"):
+            table.add_column(column, justify="left" if column == "pool" else "right", no_wrap=column != "running")
+        table.add_column("last decision", ratio=1)
         for pool in self.pools:
             last = self.latest.get(pool, {})
             view = views.get(pool)
             running = "-" if view is None else str(view.running)
-            if view is not None and (view.pending or view.stopping or view.protected):
-                running += f" (+{view.pending} starting, {view.stopping} stopping, {view.protected} protected)"
+            if view is not None:
+                extra = [f"+{view.pending} starting"] if view.pending else []
+                extra += [f"{view.stopping} stopping"] if view.stopping else []
+                extra += [f"{view.protected} protected"] if view.protected else []
+                running += f" ({', '.join(extra)})" if extra else ""
             table.add_row(
                 pool,
                 _fmt(last.get("waiting")),
