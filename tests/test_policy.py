@@ -20,6 +20,7 @@ POOL = PoolConfig(
     concurrency=4,
     min_workers=0,
     max_workers=20,
+    max_scale_in_percent=50,
     scale_in_window_s=120,
     idle_window_s=120,
     stale_after_s=90,

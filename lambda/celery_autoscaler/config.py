@@ -53,8 +53,8 @@ class PoolConfig:
     target_backlog_per_worker: float | None = None
     target_latency_s: float | None = None
     max_scale_out_step: int | None = None
-    max_scale_in_percent: float = 50.0
-    scale_in_window_s: float = 120.0
+    max_scale_in_percent: float = 100.0
+    scale_in_window_s: float = 30.0
     idle_window_s: float = 120.0
     stale_after_s: float = 90.0
     fallback_count: int | None = None

@@ -28,7 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pricing", choices=sorted(PRICES), default="x86", help="Fargate price list (default x86)")
     parser.add_argument("--vcpu", type=float, default=0.25, help="worker vCPU (default 0.25)")
     parser.add_argument("--memory-gb", type=float, default=0.5, help="worker memory in GB (default 0.5)")
-    parser.add_argument("--acks-late", action="store_true", help="workers ack after running (probe sees running)")
+    parser.add_argument(
+        "--acks-late",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="workers ack after running, so the probe sees running tasks (default on, as the module sets it)",
+    )
     parser.add_argument(
         "--probe-sees-running", action="store_true", help="what-if: the probe also counts running tasks"
     )

@@ -2,10 +2,12 @@
 
 What is modelled, and why it matters to the numbers:
 - The broker is one FIFO list per pool. Workers hold up to ``concurrency x prefetch_multiplier``
-  unacked messages; with ``acks_late=False`` (the module's default) a message is acked when it
-  starts, so the probe sees *reserved* (prefetched, not started) messages as in-flight and running
-  tasks not at all, exactly as the real probe does (``probe_sees_running`` is the what-if of a
-  running-task counter kept by the worker helper). Consumers with room are served in effectively
+  unacked messages. With ``acks_late=True`` (the module's default: every pool gets
+  ``CELERY_TASK_ACKS_LATE=true`` and prefetch multiplier 1) a message stays unacked until its task
+  ends, so the probe sees running and reserved tasks as in-flight. With ``acks_late=False``
+  (Celery's default) a message is acked when it starts, so the probe sees *reserved* messages and
+  running tasks not at all, exactly as the real probe does (``probe_sees_running`` is the what-if
+  of a running-task counter kept by the worker helper). Consumers with room are served in effectively
   random order (kombu re-issues BRPOP every second), so a busy worker can prefetch a task while
   another worker idles.
 - A worker starts after control-plane, provisioning, image-pull and app-start delays; Fargate bills
@@ -80,7 +82,7 @@ class SimSettings:
     invocation_jitter_s: float = 5.0
     start_delay: StartDelay = field(default_factory=StartDelay)
     prefetch_multiplier: int = 1
-    acks_late: bool = False
+    acks_late: bool = True
     probe_sees_running: bool = False
     stop_timeout_s: float = 120.0
     stop_signal_s: tuple[float, float] = (0.5, 2.0)
