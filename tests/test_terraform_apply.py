@@ -2,15 +2,17 @@
 
 For each example: copy the module and the example to a temp dir, add a ``zz_emulator_override.tf``
 pointing the aws provider at a fresh emulator (tests/emulator.py; the module itself is untouched),
-then ``init``, ``apply``, check that the scaler configuration the module deployed is accepted by
-``celery_autoscaler.config.parse_config``, move every pool's desired count as the scaler would, then
-``plan -detailed-exitcode`` (must say: no changes, so no drift and desired_count really ignored),
-``destroy``, and list every kind of resource in the emulator: nothing may be left. Times and resource
-counts are printed, not asserted.
+then ``init``, ``apply``, check that the Lambda runs the committed zip and that the scaler
+configuration the module deployed is accepted by ``celery_autoscaler.config.parse_config``, move
+every pool's desired count as the scaler would, then ``plan -detailed-exitcode`` (must say: no
+changes, so no drift and desired_count really ignored), ``destroy``, and list every kind of resource
+in the emulator: nothing may be left. Times and resource counts are printed, not asserted.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -28,6 +30,7 @@ from celery_autoscaler.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("complete", "minimal")
+LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
 PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR") or ("/opt/tf-plugins" if Path("/opt/tf-plugins").is_dir() else "")
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
 
@@ -61,7 +64,7 @@ def prepare(example: Path, tmp_path: Path, endpoint: str) -> Path:
     for tf in ROOT.glob("*.tf"):
         shutil.copy2(tf, repo / tf.name)
     (repo / "lambda" / "dist").mkdir(parents=True)
-    shutil.copy2(ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip", repo / "lambda" / "dist")
+    shutil.copy2(LAMBDA_ZIP, repo / "lambda" / "dist")
     workdir = repo / "examples" / example.name
     shutil.copytree(example, workdir, ignore=COPY_IGNORE)
     (workdir / "zz_emulator_override.tf").write_text(provider_override(endpoint))
@@ -158,13 +161,11 @@ def new_since(baseline: dict[str, list[str]], now: dict[str, list[str]]) -> dict
     return {kind: names for kind, names in new.items() if names}
 
 
-def deployed_scaler_config(endpoint: str, function_name: str) -> dict[str, Any]:
-    """The configuration document the Lambda really received, read back from the emulator."""
-    variables = aws(endpoint, "lambda").get_function_configuration(FunctionName=function_name)["Environment"][
-        "Variables"
-    ]
-    config: dict[str, Any] = json.loads(variables["CELERY_AUTOSCALER_CONFIG"])
-    return config
+def deployed_function(endpoint: str, function_name: str) -> tuple[str, dict[str, Any]]:
+    """The Lambda's code hash and the configuration document it really received, read back from the emulator."""
+    function = aws(endpoint, "lambda").get_function_configuration(FunctionName=function_name)
+    config: dict[str, Any] = json.loads(function["Environment"]["Variables"]["CELERY_AUTOSCALER_CONFIG"])
+    return function["CodeSha256"], config
 
 
 def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str, Any]:
@@ -183,7 +184,8 @@ def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str
     outputs = json.loads(terraform(workdir, "output", "-json").stdout)
     functions = created.get("lambda_functions", [])
     assert len(functions) == 1, functions
-    deployed = deployed_scaler_config(endpoint, functions[0])
+    code_sha256, deployed = deployed_function(endpoint, functions[0])
+    assert code_sha256 == base64.b64encode(hashlib.sha256(LAMBDA_ZIP.read_bytes()).digest()).decode()
     config = parse_config(deployed)
     if "scaler_config" in outputs:
         assert parse_config(outputs["scaler_config"]["value"]) == config
