@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ from celery_autoscaler.sim import BUILTIN, ServiceModel, SimSettings, builtin, r
 from celery_autoscaler.sim.baselines import ScalerPolicy, Static
 from celery_autoscaler.sim.command import main
 from celery_autoscaler.sim.engine import run_pool
+from celery_autoscaler.sim.simulate import DEFAULT_POOL
 from celery_autoscaler.sim.traces import poisson
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def erlang_c(servers: int, offered: float) -> float:
@@ -110,3 +115,41 @@ def test_unknown_trace_or_policy_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--trace", "no-such-trace.csv"]) == 2
     assert main(["--trace", "steady", "--hours", "0.1", "--compare", "hpa"]) == 2
     assert "unknown policy 'hpa'" in capsys.readouterr().err
+
+
+def test_simulated_workers_and_scaler_defaults_are_the_modules() -> None:
+    # The benchmark's default scenario claims to be the module's defaults: check it against the .tf files.
+    variables = (ROOT / "variables.tf").read_text()
+    pool_block = variables[variables.index('variable "worker_pools"') :]
+
+    def default(field: str) -> str:
+        found = re.search(rf"^\s*{field}\s*=\s*optional\(\w+,\s*([^)]+)\)", pool_block, re.M)
+        assert found, field
+        return found.group(1).strip()
+
+    settings, scaler = SimSettings(), PoolConfig(name="p", service="s", queues=("celery",))
+    assert int(default("concurrency")) == DEFAULT_POOL.concurrency
+    assert (int(default("cpu")) / 1024, int(default("memory")) / 1024) == (settings.vcpu, settings.memory_gb)
+    assert float(default("stop_timeout")) == settings.stop_timeout_s
+    assert default("shutdown") == '"warm"'
+    assert (default("scale_in_protection") == "true") is settings.scale_in_protection is True
+    assert float(default("scale_in_window_seconds")) == scaler.scale_in_window_s == DEFAULT_POOL.scale_in_window_s
+    assert float(default("idle_window_seconds")) == scaler.idle_window_s == DEFAULT_POOL.idle_window_s
+    assert float(default("max_scale_in_percent")) == scaler.max_scale_in_percent
+    assert float(default("target_utilisation")) == scaler.target_utilisation
+    assert float(default("stale_after_seconds")) == scaler.stale_after_s
+    workers = (ROOT / "workers.tf").read_text()
+    assert re.search(r'CELERY_TASK_ACKS_LATE\s*=\s*"true"', workers)
+    assert settings.acks_late is True
+    assert re.search(r'CELERY_WORKER_PREFETCH_MULTIPLIER\s*=\s*"1"', workers)
+    assert settings.prefetch_multiplier == 1
+
+
+def test_no_acks_late_hides_running_tasks_from_the_scaler(capsys: pytest.CaptureFixture[str]) -> None:
+    # With acks_late off the probe sees no running task, so a busy steady pool looks idle and churns.
+    actions = {}
+    for flag in ("--acks-late", "--no-acks-late"):
+        assert main(["--trace", "steady-long", "--hours", "2", "--json", flag]) == 0
+        document = json.loads(capsys.readouterr().out)
+        actions[flag] = document["policies"]["celery-autoscaler"]["scaling_actions"]
+    assert actions["--no-acks-late"] > actions["--acks-late"]
