@@ -29,7 +29,7 @@ from emulator import REGION, EmulatorProcess, provider_override
 from celery_autoscaler.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("complete", "minimal")
+EXAMPLES = ("complete", "existing-redis", "minimal")  # the AWS examples; examples/local is applied by make demo
 LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
 PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR") or ("/opt/tf-plugins" if Path("/opt/tf-plugins").is_dir() else "")
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
