@@ -113,12 +113,24 @@ def test_reaches_zero_only_after_the_idle_window() -> None:
     assert decisions[first_zero].reason.startswith("idle")
 
 
-def test_unacked_messages_block_the_last_step_to_zero() -> None:
-    state = PoolState(recommendations=(), idle_since=None)
-    for now in range(0, 600, 15):
-        decision = decide(measure(0, 1, in_flight=0, unacked_total=3), POOL, state, float(now))
+def held_for(scheduled: int | None, unacked_total: int, ticks: int = 40) -> list[int]:
+    """Desired counts of a pool with one worker and nothing waiting or in flight, tick after tick."""
+    state, desired = PoolState(), []
+    for now in range(0, 15 * ticks, 15):
+        load = PoolLoad(0, 0, unacked_total, None, measured_at=float(now), scheduled=scheduled)
+        decision = decide(PoolMeasurements(1, 1, load), POOL, state, float(now))
         state = decision.new_state
-        assert decision.desired == 1
+        desired.append(decision.desired)
+    return desired
+
+
+def test_held_eta_messages_keep_the_last_worker() -> None:
+    assert set(held_for(scheduled=3, unacked_total=3)) == {1}  # a worker must stay to hold them
+    assert set(held_for(scheduled=None, unacked_total=3)) == {1}  # unknown attribution: any unacked
+
+
+def test_another_pools_unacked_messages_do_not_keep_this_pool_up() -> None:
+    assert held_for(scheduled=0, unacked_total=5)[-1] == 0
 
 
 @pytest.mark.parametrize("fallback", [None, 5])

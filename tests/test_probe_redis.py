@@ -175,6 +175,24 @@ def test_in_flight_matches_what_the_worker_holds(redis_db: redis.Redis, acks_lat
 
 
 @pytest.mark.redis_db(3)
+def test_a_shrunken_unacked_hash_is_rescanned_at_once(redis_db: redis.Redis) -> None:
+    """Finished work must not linger as carried-forward in-flight; new work may wait for the interval."""
+
+    def entry(queue: str) -> str:
+        return json.dumps([{"headers": {"id": queue}, "body": ""}, "", queue])
+
+    redis_db.hset("unacked", mapping={"t1": entry("a"), "t2": entry("b"), "t3": entry("b")})
+    probe = RedisProbe(BrokerConfig(unacked_scan_interval_s=5000), url=redis_url_for(3))
+    assert [probe.measure(["a", "b"]).queues[q].unacked for q in "ab"] == [1, 2]
+
+    redis_db.hdel("unacked", "t1")
+    assert [probe.measure(["a", "b"]).queues[q].unacked for q in "ab"] == [0, 2]
+
+    redis_db.hset("unacked", "t4", entry("a"))  # grew back: carried forward until the interval
+    assert [probe.measure(["a", "b"]).queues[q].unacked for q in "ab"] == [0, 2]
+
+
+@pytest.mark.redis_db(3)
 def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
     app = make_app(redis_url_for(3))
     for _ in range(3):
@@ -188,11 +206,13 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
         wait_until(lambda: redis_db.hlen("unacked") == 3, what="the worker to fetch the ETA tasks")
         measured = probe.measure(["later"])
         assert (measured.queues["later"].waiting, measured.queues["later"].unacked) == (0, 0)
+        assert measured.queues["later"].scheduled == 3  # held by the worker: not demand, but not idle
         assert measured.unacked_total == 3
 
         now[0] = start + 3700  # past the ETA: the worker runs them now, so they are in flight
         sent[0] = 0
-        assert probe.measure(["later"]).queues["later"].unacked == 3
+        due = probe.measure(["later"]).queues["later"]
+        assert (due.unacked, due.scheduled) == (3, 0)
         assert sent[0] == 1  # from the last scan's ETAs, without scanning again
 
         now[0] = start + 5000  # the scan interval has passed: HSCAN again, in extra round trips

@@ -103,6 +103,9 @@ def test_settings_defaults_caps_and_environment() -> None:
     assert not off.protection
     assert off.protection_url is None
     assert helper.resolve_settings(environ={"CELERY_AUTOSCALER_STOP_TIMEOUT": "120"}).stop_timeout_s == 120
+    assert helper.resolve_settings(environ={}).release_after_idle_s == 10
+    released = helper.resolve_settings(environ={"CELERY_AUTOSCALER_RELEASE_AFTER_IDLE_S": "3"})
+    assert released.release_after_idle_s == 3
     capped = helper.resolve_settings(environ={"CELERY_AUTOSCALER_MAX_PROTECTED_MINUTES": "30"})
     assert capped.max_protected_minutes == 30
     assert (

@@ -13,12 +13,15 @@ class QueueMeasurement:
     reserved/unacked messages attributed to this queue (ETA messages not yet due excluded), or
     ``None`` when attribution was skipped this tick (lower cadence, or above the scan cap).
     ``oldest_age_s`` is now minus the earliest publish time among the sub-lists' oldest messages,
-    or ``None`` when the queue is empty or no age could be known.
+    or ``None`` when the queue is empty or no age could be known. ``scheduled`` counts the ETA/countdown
+    messages workers hold for this queue that are not due yet (``None`` when unattributed): not demand,
+    but a worker must stay to hold them.
     """
 
     waiting: int
     unacked: int | None
     oldest_age_s: float | None
+    scheduled: int | None = None
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class BrokerMeasurements:
 class PoolLoad:
     """The broker-side load of one pool's queues, summed.
 
-    ``in_flight`` is ``None`` when per-queue attribution of unacked messages is unknown this tick.
+    ``in_flight`` and ``scheduled`` are ``None`` when per-queue attribution of unacked messages is
+    unknown this tick; the policy then falls back to the broker-wide ``unacked_total``.
     """
 
     waiting: int
@@ -42,6 +46,7 @@ class PoolLoad:
     unacked_total: int
     oldest_age_s: float | None
     measured_at: float
+    scheduled: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
     """Sum a pool's queues: waiting adds up, in-flight is known only if every queue's is, age is the max."""
     parts = [broker.queues[q] for q in queues]
     unacked = [p.unacked for p in parts]
+    scheduled = [p.scheduled for p in parts]
     ages = [p.oldest_age_s for p in parts if p.oldest_age_s is not None]
     return PoolLoad(
         waiting=sum(p.waiting for p in parts),
@@ -67,4 +73,5 @@ def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
         unacked_total=broker.unacked_total,
         oldest_age_s=max(ages) if ages else None,
         measured_at=broker.measured_at,
+        scheduled=None if any(s is None for s in scheduled) else sum(s for s in scheduled if s is not None),
     )

@@ -11,7 +11,8 @@ The rule, per pool:
   out      : raw > current -> raw at once (capped by max_scale_out_step unless starting from 0)
   in       : the max of every raw seen in the last scale_in_window_s is below current -> that max,
              but removing at most max_scale_in_percent of current (at least 1) per tick
-  zero     : only after waiting = 0 and unacked = 0 for idle_window_s
+  zero     : only after the pool's queues have nothing waiting, in flight or scheduled (ETA) for
+             idle_window_s (nothing unacked at all when attribution is unknown)
   hold     : broker unreadable or its reading older than stale_after_s -> keep current
              (or fallback_count if higher)
   clamp    : always within [min_workers, max_workers]
@@ -101,7 +102,9 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
     window.append((now, raw))
     stabilised = max(r for _, r in window)
 
-    idle = load.waiting == 0 and in_flight == 0 and load.unacked_total == 0
+    # Another pool's unacked messages do not keep this one up; held ETA messages do (a worker must stay).
+    held = load.scheduled if load.scheduled is not None else load.unacked_total
+    idle = load.waiting == 0 and in_flight == 0 and held == 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
     idle_for = now - idle_since if idle_since is not None else 0.0
     load_text = _describe(load, in_flight, pool)

@@ -39,6 +39,7 @@ ENV_PROTECTION = "CELERY_AUTOSCALER_SCALE_IN_PROTECTION"
 ENV_PROTECTION_MINUTES = "CELERY_AUTOSCALER_PROTECTION_MINUTES"
 ENV_MAX_PROTECTED_MINUTES = "CELERY_AUTOSCALER_MAX_PROTECTED_MINUTES"
 ENV_STOP_TIMEOUT = "CELERY_AUTOSCALER_STOP_TIMEOUT"
+ENV_RELEASE_AFTER_IDLE = "CELERY_AUTOSCALER_RELEASE_AFTER_IDLE_S"
 PROTECTION_PATH = "/task-protection/v1/state"
 MIN_PROTECTION_MINUTES = 1
 MAX_PROTECTION_MINUTES = 2880  # the ECS agent's own limit (48 h)
@@ -98,7 +99,7 @@ def install(
     protection: bool | None = None,
     protection_minutes: int | None = None,
     max_protected_minutes: int | None = None,
-    release_after_idle_s: float = 10.0,
+    release_after_idle_s: float | None = None,
     renew_before_s: float = 300.0,
     agent_uri: str | None = None,
     agent_timeout_s: float = 2.0,
@@ -144,7 +145,7 @@ def resolve_settings(
     protection: bool | None = None,
     protection_minutes: int | None = None,
     max_protected_minutes: int | None = None,
-    release_after_idle_s: float = 10.0,
+    release_after_idle_s: float | None = None,
     renew_before_s: float = 300.0,
     agent_uri: str | None = None,
     agent_timeout_s: float = 2.0,
@@ -162,6 +163,8 @@ def resolve_settings(
         publish_time_header = env.get(ENV_PUBLISH_TIME_HEADER) or DEFAULT_PUBLISH_TIME_HEADER
     if not publish_time_header:
         raise ValueError("publish_time_header must not be empty")
+    if release_after_idle_s is None:
+        release_after_idle_s = _env_number(env, ENV_RELEASE_AFTER_IDLE) or 10.0
     for name, value in (
         ("release_after_idle_s", release_after_idle_s),
         ("renew_before_s", renew_before_s),

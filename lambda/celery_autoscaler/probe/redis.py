@@ -6,8 +6,9 @@ publish-time header gives the age), plus HLEN of the ``unacked`` hash (in-flight
 
 Per-queue attribution of the ``unacked`` hash needs every entry, so it runs by HSCAN (never
 HGETALL/HVALS, which block Redis on a big hash) only every ``unacked_scan_interval_s``, and not at
-all while the hash holds more than ``unacked_scan_cap`` entries. Between scans the last attribution
-is carried forward; ETA messages found by a scan become in-flight when their ETA passes.
+all while the hash holds more than ``unacked_scan_cap`` entries, or at once when the hash shrank.
+Between scans the last attribution is carried forward; ETA messages found by a scan are
+``scheduled`` until their ETA passes, then in-flight.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class _QueueInFlight:
     def at(self, now: float) -> int:
         """In-flight now: ETA messages count once they are due, because a worker then runs them."""
         return self.ready + bisect.bisect_right(self.etas, now)
+
+    def scheduled_at(self, now: float) -> int:
+        """ETA messages held for this queue that are not due yet."""
+        return len(self.etas) - bisect.bisect_right(self.etas, now)
 
 
 def _headers(raw: bytes) -> dict[str, Any]:
@@ -115,6 +120,7 @@ class RedisProbe:
         self._warned: dict[str, bytes] = {}
         self._in_flight: dict[str, _QueueInFlight] | None = None
         self._scanned_at: float | None = None
+        self._scanned_total = 0
 
     @classmethod
     def from_config(cls, broker: BrokerConfig, url: str) -> RedisProbe:
@@ -168,10 +174,12 @@ class RedisProbe:
                 for key, tail in zip(keys[span], tails[span], strict=True)
                 if tail is not None and (t := self._published_at(key, tail, now, seen)) is not None
             ]
+            share = None if in_flight is None else in_flight.get(queue, _QueueInFlight())
             result[queue] = QueueMeasurement(
                 waiting=sum(int(n) for n in lengths[span]),
-                unacked=None if in_flight is None else in_flight.get(queue, _QueueInFlight()).at(now),
+                unacked=None if share is None else share.at(now),
                 oldest_age_s=max(0.0, now - min(published)) if published else None,
+                scheduled=None if share is None else share.scheduled_at(now),
             )
         self._first_seen = seen
         measured = set(keys)
@@ -208,7 +216,9 @@ class RedisProbe:
         """Per-queue in-flight counts, rescanned when due; ``None`` when the hash is above the cap.
 
         An empty hash needs no scan, and the first non-empty hash after it is scanned at once, so
-        in-flight is known as soon as workers start taking messages from idle.
+        in-flight is known as soon as workers start taking messages from idle. A hash smaller than at
+        the last scan is rescanned at once too: the carried-forward counts would hold finished work
+        and keep a pool from scaling in.
         """
         if unacked_total == 0:
             self._in_flight, self._scanned_at = {}, None
@@ -216,8 +226,9 @@ class RedisProbe:
         if unacked_total > self._settings.unacked_scan_cap:
             self._in_flight, self._scanned_at = None, None
             return None
-        if self._scanned_at is None or now - self._scanned_at >= self._settings.unacked_scan_interval_s:
-            self._in_flight, self._scanned_at = self._scan(now), now
+        due = self._scanned_at is None or now - self._scanned_at >= self._settings.unacked_scan_interval_s
+        if due or unacked_total < self._scanned_total:
+            self._in_flight, self._scanned_at, self._scanned_total = self._scan(now), now, unacked_total
         return self._in_flight
 
     def _scan(self, now: float) -> dict[str, _QueueInFlight]:
