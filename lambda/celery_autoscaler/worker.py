@@ -23,7 +23,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from celery import Celery, signals
 from celery.worker import state as worker_state
@@ -92,45 +92,37 @@ _monitor: ProtectionMonitor | None = None
 _monitor_lock = threading.Lock()
 
 
-def install(
-    app: Celery,
-    *,
-    publish_time_header: str | None = None,
-    protection: bool | None = None,
-    protection_minutes: int | None = None,
-    max_protected_minutes: int | None = None,
-    release_after_idle_s: float | None = None,
-    renew_before_s: float = 300.0,
-    agent_uri: str | None = None,
-    agent_timeout_s: float = 2.0,
-    stop_timeout_s: float | None = None,
-    poll_interval_s: float = 1.0,
-    apply_env_settings: bool = True,
-) -> WorkerSettings:
+class SettingsArguments(TypedDict, total=False):
+    """The keyword arguments of :func:`install` and :func:`resolve_settings`.
+
+    A missing (or ``None``) value comes from the environment the Terraform module sets where there is
+    such a variable, else from the :class:`WorkerSettings` default.
+    """
+
+    publish_time_header: str | None
+    protection: bool | None
+    protection_minutes: int | None
+    max_protected_minutes: int | None
+    release_after_idle_s: float | None
+    renew_before_s: float
+    agent_uri: str | None
+    agent_timeout_s: float
+    stop_timeout_s: float | None
+    poll_interval_s: float
+
+
+def install(app: Celery, *, apply_env_settings: bool = True, **arguments: Unpack[SettingsArguments]) -> WorkerSettings:
     """Enable publish-time stamping, scale-in protection and start-up warnings for ``app``.
 
     Safe to call more than once (the last call's settings win, handlers are connected once) and in
     any process: producers only get the stamping, workers also get protection and warnings.
-    ``None`` arguments come from the environment the Terraform module sets, then from the defaults.
     With ``apply_env_settings`` the Celery settings in ``ENV_CELERY_SETTINGS`` found in the
     environment override the app's own (lazily: a later ``config_from_object`` keeps them).
     """
     global _publish_headers
     if apply_env_settings:
         app.conf.update(celery_settings_from_env(os.environ))
-    settings = resolve_settings(
-        publish_time_header=publish_time_header,
-        protection=protection,
-        protection_minutes=protection_minutes,
-        max_protected_minutes=max_protected_minutes,
-        release_after_idle_s=release_after_idle_s,
-        renew_before_s=renew_before_s,
-        agent_uri=agent_uri,
-        agent_timeout_s=agent_timeout_s,
-        stop_timeout_s=stop_timeout_s,
-        poll_interval_s=poll_interval_s,
-        environ=os.environ,
-    )
+    settings = resolve_settings(environ=os.environ, **arguments)
     _installed[app] = settings
     _publish_headers = frozenset(s.publish_time_header for s in _installed.values())
     # dispatch_uid makes a second install() (or a second app) reuse the same connection.
@@ -140,18 +132,7 @@ def install(
 
 
 def resolve_settings(
-    *,
-    publish_time_header: str | None = None,
-    protection: bool | None = None,
-    protection_minutes: int | None = None,
-    max_protected_minutes: int | None = None,
-    release_after_idle_s: float | None = None,
-    renew_before_s: float = 300.0,
-    agent_uri: str | None = None,
-    agent_timeout_s: float = 2.0,
-    stop_timeout_s: float | None = None,
-    poll_interval_s: float = 1.0,
-    environ: Mapping[str, str] | None = None,
+    *, environ: Mapping[str, str] | None = None, **arguments: Unpack[SettingsArguments]
 ) -> WorkerSettings:
     """Merge arguments, environment and defaults; cap what the agent would reject.
 
@@ -159,12 +140,18 @@ def resolve_settings(
     only logs and falls back, because it must not stop a web process from importing its Celery app.
     """
     env = os.environ if environ is None else environ
+    defaults = WorkerSettings()
+    publish_time_header = arguments.get("publish_time_header")
     if publish_time_header is None:
-        publish_time_header = env.get(ENV_PUBLISH_TIME_HEADER) or DEFAULT_PUBLISH_TIME_HEADER
+        publish_time_header = env.get(ENV_PUBLISH_TIME_HEADER) or defaults.publish_time_header
     if not publish_time_header:
         raise ValueError("publish_time_header must not be empty")
+    release_after_idle_s = arguments.get("release_after_idle_s")
     if release_after_idle_s is None:
-        release_after_idle_s = _env_number(env, ENV_RELEASE_AFTER_IDLE) or 10.0
+        release_after_idle_s = _env_number(env, ENV_RELEASE_AFTER_IDLE) or defaults.release_after_idle_s
+    renew_before_s = arguments.get("renew_before_s", defaults.renew_before_s)
+    agent_timeout_s = arguments.get("agent_timeout_s", defaults.agent_timeout_s)
+    poll_interval_s = arguments.get("poll_interval_s", defaults.poll_interval_s)
     for name, value in (
         ("release_after_idle_s", release_after_idle_s),
         ("renew_before_s", renew_before_s),
@@ -173,25 +160,30 @@ def resolve_settings(
     ):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+    protection = arguments.get("protection")
     if protection is None:
         protection = _parse_bool(env.get(ENV_PROTECTION, "true"))
+    protection_minutes = arguments.get("protection_minutes")
     if protection_minutes is None:
-        protection_minutes = int(_env_number(env, ENV_PROTECTION_MINUTES) or 60)
+        protection_minutes = int(_env_number(env, ENV_PROTECTION_MINUTES) or defaults.protection_minutes)
     minutes = min(max(int(protection_minutes), MIN_PROTECTION_MINUTES), MAX_PROTECTION_MINUTES)
     if minutes != protection_minutes:
         logger.warning("protection_minutes=%s capped to %s (ECS accepts 1..2880)", protection_minutes, minutes)
+    max_protected_minutes = arguments.get("max_protected_minutes")
     if max_protected_minutes is None:
-        max_protected_minutes = int(_env_number(env, ENV_MAX_PROTECTED_MINUTES) or 120)
+        max_protected_minutes = int(_env_number(env, ENV_MAX_PROTECTED_MINUTES) or defaults.max_protected_minutes)
     if max_protected_minutes < 1:
         raise ValueError(f"max_protected_minutes must be >= 1, got {max_protected_minutes!r}")
     window_s = minutes * 60.0
     if renew_before_s >= window_s:
         # Renewing at least as early as the window is long would call the agent on every poll.
         renew_before_s = window_s / 2
+    agent_uri = arguments.get("agent_uri")
     uri = agent_uri if agent_uri is not None else env.get(ENV_AGENT_URI) or None
     if uri and not uri.startswith(("http://", "https://")):
         logger.warning("%s=%r is not an http(s) URL: scale-in protection is off", ENV_AGENT_URI, uri)
         uri = None
+    stop_timeout_s = arguments.get("stop_timeout_s")
     if stop_timeout_s is None:
         stop_timeout_s = _env_number(env, ENV_STOP_TIMEOUT)
     if stop_timeout_s is None and uri:
