@@ -88,20 +88,7 @@ class Telemetry:
         line: dict[str, Any] = {
             "pool": outcome.pool,
             "service": outcome.service,
-            "measurements": None
-            if m is None
-            else {
-                "current_desired": m.current_desired,
-                "running": m.running,
-                "waiting": load.waiting if load else None,
-                "in_flight": load.in_flight if load else None,
-                "unacked_total": load.unacked_total if load else None,
-                "oldest_age_s": load.oldest_age_s if load else None,
-                "queues": {
-                    name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
-                    for name, q in outcome.queues.items()
-                },
-            },
+            "measurements": None if m is None else outcome.measured(),
             "decision": None if decision is None else {"desired": decision.desired},
             "reason": decision.reason if decision is not None else None,
             "acted": outcome.acted,

@@ -45,13 +45,11 @@ class PoolOutcome:
     queues: Mapping[str, QueueMeasurement] = field(default_factory=dict)
     protected_tasks: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-able summary (the CLI prints it; the handler returns a shorter one)."""
+    def measured(self) -> dict[str, Any]:
+        """What was measured, JSON-able, ``None`` where unknown (the CLI's summary and the log line)."""
         m = self.measurements
         load = m.load if m is not None else None
         return {
-            "pool": self.pool,
-            "service": self.service,
             "current_desired": m.current_desired if m else None,
             "running": m.running if m else None,
             "waiting": load.waiting if load else None,
@@ -62,6 +60,14 @@ class PoolOutcome:
                 name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
                 for name, q in self.queues.items()
             },
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able summary (the CLI prints it; the handler returns a shorter one)."""
+        return {
+            "pool": self.pool,
+            "service": self.service,
+            **self.measured(),
             "desired": self.decision.desired if self.decision else None,
             "reason": self.decision.reason if self.decision else None,
             "acted": self.acted,
