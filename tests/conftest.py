@@ -15,6 +15,8 @@ REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
 # Test files own distinct db numbers so they never touch a user's db 0 or each other's keys.
 sys.path.insert(0, str(ROOT / "tests"))
+# The local demo's package: the worker helper's tests use its fake ECS agent.
+sys.path.insert(0, str(ROOT / "examples" / "local"))
 
 
 def redis_url_for(db: int) -> str:

@@ -22,7 +22,7 @@ from apps.worker_app import DONE, PUBLISHED_AT, READY, STARTED
 from apps.workers import WorkerProcess, running_worker
 from celery import Celery, signals
 from conftest import redis_url_for
-from fake_ecs_agent import PATH, FakeEcsAgent
+from demo.agent import PROTECTION_PATH, FakeEcsAgent
 from waiting import wait_until
 
 from celery_autoscaler import config
@@ -31,6 +31,7 @@ from celery_autoscaler import worker as helper
 DB = 6
 pytestmark = pytest.mark.redis_db(DB)
 BROKER = redis_url_for(DB)
+TASK = "worker-task"  # the one ECS task whose agent these tests fake
 # Short windows so renewals happen every few seconds: 1-minute protection renewed 57 s early.
 FAST_PROTECTION = {
     "SAFE_BROKER_URL": BROKER,
@@ -67,7 +68,7 @@ def test_fake_agent_speaks_the_protection_api() -> None:
 
         def call(method: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
             data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(agent.uri + PATH, data=data, method=method)  # noqa: S310
+            request = urllib.request.Request(agent.uri_for(TASK) + PROTECTION_PATH, data=data, method=method)  # noqa: S310
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                     return response.status, json.loads(response.read())
@@ -146,7 +147,7 @@ def test_protect_on_first_task_renew_while_busy_release_when_idle(
 
     with (
         FakeEcsAgent() as agent,
-        running_worker("protect", {**FAST_PROTECTION, "ECS_AGENT_URI": agent.uri}, tmp_path) as w,
+        running_worker("protect", {**FAST_PROTECTION, "ECS_AGENT_URI": agent.uri_for(TASK)}, tmp_path) as w,
     ):
         _wait_ready(redis_db, w)
         assert agent.puts() == [], "an idle worker must not ask for protection"
@@ -170,7 +171,7 @@ def test_protect_on_first_task_renew_while_busy_release_when_idle(
         assert flags[-1] is False
         assert all(flags[2:-1]), f"protection dropped during the long task: {flags}"
         assert {body["ExpiresInMinutes"] for body in agent.puts() if body["ProtectionEnabled"]} == {1}
-        assert agent.state()["protection"]["ProtectionEnabled"] is False
+        assert agent.state(TASK)["protection"]["ProtectionEnabled"] is False
     print(f"\nagent saw ProtectionEnabled sequence {flags}")
 
 
@@ -181,7 +182,7 @@ def test_agent_failures_never_fail_or_block_tasks(
     from apps.worker_app import work
 
     with FakeEcsAgent(mode="hang") as agent:
-        uri = agent.uri if agent_mode == "hang" else "http://127.0.0.1:9"  # discard port: refused
+        uri = agent.uri_for(TASK) if agent_mode == "hang" else "http://127.0.0.1:9"  # discard port: refused
         env = {**FAST_PROTECTION, "ECS_AGENT_URI": uri, "SAFE_AGENT_TIMEOUT_S": "0.5"}
         with running_worker(f"agent-{agent_mode}", env, tmp_path) as w:
             _wait_ready(redis_db, w)
@@ -256,7 +257,7 @@ def test_monitor_retries_a_failing_agent_without_blocking() -> None:
     now = [1000.0]
     with FakeEcsAgent() as agent:
         settings = helper.resolve_settings(
-            agent_uri=agent.uri, protection_minutes=1, renew_before_s=50, release_after_idle_s=5, environ={}
+            agent_uri=agent.uri_for(TASK), protection_minutes=1, renew_before_s=50, release_after_idle_s=5, environ={}
         )
         monitor = helper.ProtectionMonitor(settings, busy=lambda: busy[0], clock=lambda: now[0])
         monitor.step()
@@ -289,7 +290,7 @@ def test_monitor_caps_one_busy_period_then_protects_again_after_idle() -> None:
     now = [0.0]
     with FakeEcsAgent() as agent:
         settings = helper.resolve_settings(
-            agent_uri=agent.uri,
+            agent_uri=agent.uri_for(TASK),
             protection_minutes=2,
             max_protected_minutes=3,
             renew_before_s=30,
