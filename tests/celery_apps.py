@@ -1,4 +1,4 @@
-"""Run real Celery workers as subprocesses for tests, and always stop them (SIGTERM, then SIGKILL)."""
+"""Real Celery for tests: producer messages, and worker subprocesses always stopped (SIGTERM, then SIGKILL)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import Celery
 from waiting import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+
+def publish(broker_url: str, count: int, queue: str = "celery", priority: int | None = None) -> None:
+    """Send ``count`` ``tasks.work`` messages as a real producer does (no worker needs to know the task)."""
+    app = Celery("producer", broker=broker_url)
+    try:
+        for i in range(count):
+            app.send_task("tasks.work", args=(i,), queue=queue, priority=priority)
+    finally:
+        app.close()
 
 
 @dataclass

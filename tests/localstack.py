@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from moto_aws import free_port
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +42,6 @@ def ensure_venv() -> Path:
     if run.returncode != 0:
         raise RuntimeError(f"scripts/localstack-venv.sh failed ({run.returncode}): {run.stderr[-2000:]}")
     return VENV / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -36,9 +36,22 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def create_services(names: Sequence[str], desired: int = 0, cluster: str = CLUSTER) -> Any:
+def client(service: str, endpoint_url: str | None = None) -> Any:
+    """A boto3 client for moto: in-process (``mock_aws``) without ``endpoint_url``, else a moto server."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def create_services(
+    names: Sequence[str], desired: int = 0, cluster: str = CLUSTER, endpoint_url: str | None = None
+) -> Any:
     """Create the cluster, one bridge-mode task definition and a service per name; return the ECS client."""
-    ecs = boto3.client("ecs", region_name=REGION)
+    ecs = client("ecs", endpoint_url)
     ecs.create_cluster(clusterName=cluster)
     ecs.register_task_definition(
         family="worker",
@@ -49,10 +62,9 @@ def create_services(names: Sequence[str], desired: int = 0, cluster: str = CLUST
     return ecs
 
 
-def create_state_table(name: str = "celery-autoscaler-state") -> str:
+def create_state_table(name: str = "celery-autoscaler-state", endpoint_url: str | None = None) -> str:
     """The table the Terraform module creates: hash key ``pool`` (S), on-demand."""
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
-    dynamodb.create_table(
+    client("dynamodb", endpoint_url).create_table(
         TableName=name,
         KeySchema=[{"AttributeName": "pool", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "pool", "AttributeType": "S"}],

@@ -10,17 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import redis
 import requests
-from celery import Celery
+from celery_apps import publish
 from conftest import ROOT, redis_url_for
-from moto_aws import CLUSTER, ENDPOINT_VARS, REGION, free_port, moto_server
+from moto_aws import CLUSTER, ENDPOINT_VARS, REGION, client, create_services, create_state_table, free_port, moto_server
 
 from celery_autoscaler.cli import SUBCOMMANDS
 
 DB = 5
+BROKER = redis_url_for(DB)
 SCRIPT = str(Path(sys.executable).parent / "celery-autoscaler")
 pytestmark = pytest.mark.redis_db(DB)
 
@@ -45,33 +45,14 @@ def env(moto_url: str) -> dict[str, str]:
     return values
 
 
-def aws(env: dict[str, str], service: str) -> Any:
-    return boto3.client(
-        service,
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
-def publish(count: int, queue: str, priority: int | None = None) -> None:
-    app = Celery("producer", broker=redis_url_for(DB))
-    try:
-        for i in range(count):
-            app.send_task("tasks.work", args=(i,), queue=queue, priority=priority)
-    finally:
-        app.close()
-
-
 def test_measure_json_counts_waiting_priorities_and_unacked(redis_db: redis.Redis) -> None:
-    publish(5, "celery")
-    publish(3, "celery", priority=9)
-    publish(2, "mail")
+    publish(BROKER, 5, "celery")
+    publish(BROKER, 3, "celery", priority=9)
+    publish(BROKER, 2, "mail")
     # Do what a consumer does when it reserves a message: move it into the unacked hash.
     raw = redis_db.rpop("mail")
     assert raw is not None
@@ -108,7 +89,7 @@ def test_measure_with_key_prefix_and_separator(redis_db: redis.Redis) -> None:
 
 
 def test_measure_human_table(redis_db: redis.Redis) -> None:
-    publish(2, "celery")
+    publish(BROKER, 2, "celery")
     run = cli("measure", "--broker-url", redis_url_for(DB), "--queue", "celery")
     assert run.returncode == 0, run.stderr
     assert "celery" in run.stdout
@@ -142,19 +123,14 @@ def write_config(tmp_path: Path, broker_url: str = redis_url_for(DB), **extra: A
 
 
 def create_aws(env: dict[str, str]) -> Any:
-    ecs = aws(env, "ecs")
-    ecs.create_cluster(clusterName=CLUSTER)
-    ecs.register_task_definition(
-        family="worker", containerDefinitions=[{"name": "worker", "image": "worker", "memory": 512}]
-    )
-    ecs.create_service(cluster=CLUSTER, serviceName="worker-default", taskDefinition="worker", desiredCount=0)
-    aws(env, "dynamodb").create_table(
-        TableName="celery-autoscaler-state",
-        KeySchema=[{"AttributeName": "pool", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pool", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return ecs
+    create_state_table(endpoint_url=env["AWS_ENDPOINT_URL"])
+    return create_services(["worker-default"], endpoint_url=env["AWS_ENDPOINT_URL"])
+
+
+def stored_state(env: dict[str, str]) -> dict[str, Any]:
+    """The state table's raw answer for the pool (``Item`` is missing when nothing was saved)."""
+    table = client("dynamodb", env["AWS_ENDPOINT_URL"])
+    return dict(table.get_item(TableName="celery-autoscaler-state", Key={"pool": {"S": "default"}}))
 
 
 def desired(ecs: Any) -> int:
@@ -164,7 +140,7 @@ def desired(ecs: Any) -> int:
 @pytest.mark.usefixtures("redis_db")
 def test_evaluate_runs_one_tick_against_the_endpoint(tmp_path: Path, env: dict[str, str]) -> None:
     ecs = create_aws(env)
-    publish(9, "celery")
+    publish(BROKER, 9, "celery")
     run = cli("evaluate", "--config", str(write_config(tmp_path)), "--json", env=env)
     assert run.returncode == 0, run.stderr
     body = json.loads(run.stdout)
@@ -173,20 +149,20 @@ def test_evaluate_runs_one_tick_against_the_endpoint(tmp_path: Path, env: dict[s
     assert pool["reason"].startswith("burst: 9 waiting")
     assert body["dry_run"] is False
     assert desired(ecs) == 5
-    item = aws(env, "dynamodb").get_item(TableName="celery-autoscaler-state", Key={"pool": {"S": "default"}})
+    item = stored_state(env)
     assert item["Item"]["version"] == {"N": "1"}
 
 
 @pytest.mark.usefixtures("redis_db")
 def test_evaluate_dry_run_neither_scales_nor_writes_state(tmp_path: Path, env: dict[str, str]) -> None:
     ecs = create_aws(env)
-    publish(4, "celery")
+    publish(BROKER, 4, "celery")
     run = cli("evaluate", "--config", str(write_config(tmp_path)), "--dry-run", env=env)
     assert run.returncode == 0, run.stderr
     assert "default: burst: 4 waiting" in run.stdout
     assert "[dry run]" in run.stdout
     assert desired(ecs) == 0
-    item = aws(env, "dynamodb").get_item(TableName="celery-autoscaler-state", Key={"pool": {"S": "default"}})
+    item = stored_state(env)
     assert "Item" not in item
 
 

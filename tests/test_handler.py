@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
-from celery import Celery
+from celery_apps import publish
 from conftest import redis_url_for
 from moto import mock_aws
 from moto_aws import CLUSTER, REGION, aws_env, create_services, create_state_table
@@ -20,6 +20,7 @@ from celery_autoscaler.config import ConfigError
 from celery_autoscaler.handler import CONFIG_ENV, lambda_handler, run_invocation, runtime
 
 DB = 5
+BROKER = redis_url_for(DB)
 pytestmark = pytest.mark.redis_db(DB)
 
 
@@ -56,15 +57,6 @@ def aws(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis) -> Iterator[Any]
     runtime.cache_clear()
 
 
-def publish(count: int) -> None:
-    app = Celery("producer", broker=redis_url_for(DB))
-    try:
-        for i in range(count):
-            app.send_task("tasks.work", args=(i,), queue="celery")
-    finally:
-        app.close()
-
-
 def desired(ecs: Any) -> int:
     return int(ecs.describe_services(cluster=CLUSTER, services=["worker-default"])["services"][0]["desiredCount"])
 
@@ -77,7 +69,7 @@ def test_handler_runs_its_ticks_and_scales(
     aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc()))
-    publish(7)
+    publish(BROKER, 7)
     answer = lambda_handler({}, Context())
     assert answer["ticks"] == 2
     assert answer["actions"] == 1
@@ -92,7 +84,7 @@ def test_handler_runs_its_ticks_and_scales(
 
 def test_dry_run_event_decides_without_updating(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1)))
-    publish(3)
+    publish(BROKER, 3)
     answer = lambda_handler({"dry_run": True}, Context())
     assert answer["dry_run"] is True
     assert answer["pools"]["default"]["desired"] == 2
@@ -102,7 +94,7 @@ def test_dry_run_event_decides_without_updating(aws: Any, monkeypatch: pytest.Mo
 
 def test_config_dry_run_also_holds_back(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1, dry_run=True)))
-    publish(3)
+    publish(BROKER, 3)
     assert lambda_handler(None, Context())["actions"] == 0
     assert desired(aws) == 0
 
@@ -149,7 +141,7 @@ def test_broker_url_is_read_once_from_secrets_manager(aws: Any, monkeypatch: pyt
     doc = config_doc(ticks_per_invocation=1)
     doc["broker"] = {"url_secret_arn": arn}
     monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
-    publish(5)
+    publish(BROKER, 5)
     assert lambda_handler({}, Context())["pools"]["default"]["desired"] == 3
     secrets.put_secret_value(SecretId=arn, SecretString="redis://127.0.0.1:1/0")
     assert lambda_handler({}, Context())["errors"] == 0, "the warm container keeps the URL it read"

@@ -14,15 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 import redis
 import requests
-from celery import Celery
+from celery_apps import publish
 from conftest import redis_url_for
 from localstack import LocalStack, NoPythonError, ensure_venv, start
 from localstack_client.session import Session
-from moto_aws import CLUSTER, ENDPOINT_VARS, REGION, metric_data_from_emf, moto_server
+from moto_aws import (
+    CLUSTER,
+    ENDPOINT_VARS,
+    REGION,
+    create_services,
+    create_state_table,
+    metric_data_from_emf,
+    moto_server,
+)
 
 from celery_autoscaler.config import parse_config
 from celery_autoscaler.ecs import EcsActuator
@@ -33,6 +40,7 @@ from celery_autoscaler.telemetry import Telemetry
 from celery_autoscaler.tick import run_tick
 
 DB = 5
+BROKER = redis_url_for(DB)
 pytestmark = [pytest.mark.localstack, pytest.mark.redis_db(DB)]
 
 
@@ -71,34 +79,10 @@ def test_sts_caller_identity(localstack_session: Session) -> None:
     assert identity["Arn"].startswith("arn:aws:")
 
 
-def moto_client(url: str, service: str) -> Any:
-    return boto3.client(service, endpoint_url=url, region_name=REGION)
-
-
 def create_ecs_and_table(url: str) -> Any:
     requests.post(f"{url}/moto-api/reset", timeout=30).raise_for_status()  # shared by this file's tests
-    ecs = moto_client(url, "ecs")
-    ecs.create_cluster(clusterName=CLUSTER)
-    ecs.register_task_definition(
-        family="worker", containerDefinitions=[{"name": "worker", "image": "worker", "memory": 512}]
-    )
-    ecs.create_service(cluster=CLUSTER, serviceName="worker-default", taskDefinition="worker", desiredCount=0)
-    moto_client(url, "dynamodb").create_table(
-        TableName="celery-autoscaler-state",
-        KeySchema=[{"AttributeName": "pool", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pool", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return ecs
-
-
-def publish(count: int) -> None:
-    app = Celery("producer", broker=redis_url_for(DB))
-    try:
-        for i in range(count):
-            app.send_task("tasks.work", args=(i,), queue="celery")
-    finally:
-        app.close()
+    create_state_table(endpoint_url=url)
+    return create_services(["worker-default"], endpoint_url=url)
 
 
 @dataclass
@@ -125,7 +109,7 @@ def test_handler_reads_the_broker_url_from_secrets_manager(
         "pools": {"default": {"service": "worker-default", "queues": ["celery"], "concurrency": 2}},
     }
     monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
-    publish(5)
+    publish(BROKER, 5)
     runtime.cache_clear()
     try:
         answer = lambda_handler({}, Context())
