@@ -13,19 +13,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_autoscaler.config import PoolConfig
-from celery_autoscaler.measurements import PoolMeasurements
+from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.policy import PoolState, decide
 
 
 class ScalerPolicy:
     """This product: the real :func:`celery_autoscaler.policy.decide`, state threaded as in production."""
 
+    name = "celery-autoscaler"
     interval_s: float | None = None
     initial_count = 0
 
-    def __init__(self, pool: PoolConfig, name: str = "celery-autoscaler") -> None:
+    def __init__(self, pool: PoolConfig) -> None:
         self.pool = pool
-        self.name = name
 
     def initial_state(self) -> PoolState:
         return PoolState()
@@ -47,14 +47,31 @@ class _AwsState:
     last_in: float = -math.inf
 
 
-class AwsTargetTracking:
+class _VendorPolicy:
+    """What the vendor baselines share: no worker at the start, and no change while the broker is unread."""
+
+    initial_count = 0
+
+    def __init__(self, pool: PoolConfig) -> None:
+        self.pool = pool
+
+    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, Any]:
+        if measurements.load is None:
+            return measurements.current_desired, state
+        return self._decide(measurements.load, measurements.current_desired, measurements.running, state, now)
+
+    def _decide(self, load: PoolLoad, current: int, running: int, state: Any, now: float) -> tuple[int, Any]:
+        raise NotImplementedError
+
+
+class AwsTargetTracking(_VendorPolicy):
     """Application Auto Scaling target tracking on a custom "backlog per task" metric.
 
     As AWS documents it (Application Auto Scaling user guide, "How target tracking scaling works",
     and the SQS backlog-per-instance recipe): a datapoint every 60 s of visible messages / running
     tasks; the managed high alarm fires after 3 datapoints above the target and scales out
     proportionally, ``ceil(current x metric / target)``; the low alarm needs 15 datapoints below
-    90 % of the target; scale-in waits ``scale_in_cooldown_s`` (300 s) after any scaling activity and a
+    90 % of the target; scale-in waits ``in_cooldown`` (300 s) after any scaling activity and a
     scale-out during the scale-in cooldown happens at once; during the scale-out cooldown (300 s)
     only a larger capacity than the one already set is applied. The metric is undefined with no
     running task and proportional scaling cannot leave 0, so, as AWS advises for scale-to-zero, a
@@ -62,32 +79,21 @@ class AwsTargetTracking:
     The target follows AWS's recipe: acceptable latency / average processing time x concurrency.
     """
 
+    name = "aws-target-tracking"
     interval_s: float | None = 60.0
-    initial_count = 0
+    out_datapoints = 3
+    in_datapoints = 15
+    out_cooldown = 300.0
+    in_cooldown = 300.0
 
-    def __init__(
-        self,
-        pool: PoolConfig,
-        target: float,
-        name: str = "aws-target-tracking",
-        out_datapoints: int = 3,
-        in_datapoints: int = 15,
-        scale_out_cooldown_s: float = 300.0,
-        scale_in_cooldown_s: float = 300.0,
-    ) -> None:
-        self.pool, self.target, self.name = pool, target, name
-        self.out_datapoints, self.in_datapoints = out_datapoints, in_datapoints
-        self.out_cooldown, self.in_cooldown = scale_out_cooldown_s, scale_in_cooldown_s
+    def __init__(self, pool: PoolConfig, target: float) -> None:
+        super().__init__(pool)
+        self.target = target
 
     def initial_state(self) -> _AwsState:
         return _AwsState()
 
-    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, _AwsState]:
-        load = measurements.load
-        current = measurements.current_desired
-        if load is None:
-            return current, state
-        running = measurements.running
+    def _decide(self, load: PoolLoad, current: int, running: int, state: Any, now: float) -> tuple[int, _AwsState]:
         metric = load.waiting / running if running > 0 else None
         keep = max(self.out_datapoints, self.in_datapoints)
         points = (*state.datapoints, metric)[-keep:]
@@ -116,7 +122,7 @@ class AwsTargetTracking:
         return current, new
 
 
-class AwsStepScaling:
+class AwsStepScaling(_VendorPolicy):
     """Application Auto Scaling step scaling on the raw queue depth (visible messages), 1-minute datapoints.
 
     Scale out when the depth alarm (depth > 0 for 1 datapoint) is in ALARM, adding capacity by the
@@ -125,31 +131,18 @@ class AwsStepScaling:
     Each policy's cooldown blocks its own next action, as step scaling's ``Cooldown`` does.
     """
 
+    name = "aws-step-scaling"
     interval_s: float | None = 60.0
-    initial_count = 0
-
-    def __init__(
-        self,
-        pool: PoolConfig,
-        name: str = "aws-step-scaling",
-        steps: tuple[tuple[int, int], ...] = ((1, 1), (10, 2), (50, 5), (200, 10), (1000, 20)),
-        in_datapoints: int = 5,
-        scale_in_percent: float = 25.0,
-        out_cooldown_s: float = 60.0,
-        in_cooldown_s: float = 300.0,
-    ) -> None:
-        self.pool, self.name, self.steps = pool, name, steps
-        self.in_datapoints, self.scale_in_percent = in_datapoints, scale_in_percent
-        self.out_cooldown, self.in_cooldown = out_cooldown_s, in_cooldown_s
+    steps = ((1, 1), (10, 2), (50, 5), (200, 10), (1000, 20))
+    in_datapoints = 5
+    scale_in_percent = 25.0
+    out_cooldown = 60.0
+    in_cooldown = 300.0
 
     def initial_state(self) -> _AwsState:
         return _AwsState()
 
-    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, _AwsState]:
-        load = measurements.load
-        current = measurements.current_desired
-        if load is None:
-            return current, state
+    def _decide(self, load: PoolLoad, current: int, running: int, state: Any, now: float) -> tuple[int, _AwsState]:
         depths = (*state.depths, load.waiting)[-self.in_datapoints :]
         new: _AwsState = replace(state, depths=depths)
         if load.waiting > 0 and now - state.last_out >= self.out_cooldown:
@@ -178,7 +171,7 @@ class _KedaState:
     recommendations: tuple[tuple[float, int], ...] = ()
 
 
-class Keda:
+class Keda(_VendorPolicy):
     """KEDA's Redis list scaler driving a Kubernetes HPA, with every default as documented.
 
     KEDA (keda.sh, "Scaling Deployments" and the Redis Lists scaler): the operator polls the list
@@ -189,31 +182,18 @@ class Keda:
     15 s; scale-down takes the highest recommendation of the last 300 s (stabilisation window).
     """
 
+    name = "keda"
     interval_s: float | None = 15.0
-    initial_count = 0
-
-    def __init__(
-        self,
-        pool: PoolConfig,
-        list_length: float = 5.0,
-        name: str = "keda",
-        polling_interval_s: float = 30.0,
-        cooldown_period_s: float = 300.0,
-        stabilisation_s: float = 300.0,
-        tolerance: float = 0.1,
-    ) -> None:
-        self.pool, self.list_length, self.name = pool, list_length, name
-        self.polling_interval_s, self.cooldown_period_s = polling_interval_s, cooldown_period_s
-        self.stabilisation_s, self.tolerance = stabilisation_s, tolerance
+    list_length = 5.0
+    polling_interval_s = 30.0
+    cooldown_period_s = 300.0
+    stabilisation_s = 300.0
+    tolerance = 0.1
 
     def initial_state(self) -> _KedaState:
         return _KedaState()
 
-    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, _KedaState]:
-        load = measurements.load
-        current = measurements.current_desired
-        if load is None:
-            return current, state
+    def _decide(self, load: PoolLoad, current: int, running: int, state: Any, now: float) -> tuple[int, _KedaState]:
         length = load.waiting
         new: _KedaState = state
         if now - state.last_poll >= self.polling_interval_s - 1e-9:
