@@ -122,12 +122,6 @@ _TOP_FIELDS: dict[str, type | tuple[type, ...]] = {
     "dry_run": bool,
     "metrics_namespace": str,
 }
-CONFIG_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "": _TOP_FIELDS,
-    "broker": _BROKER_FIELDS,
-    "pools.*": _POOL_FIELDS,
-}
-"""Known keys per object; the Terraform module's generated config is checked against it in tests."""
 
 
 def _typed(raw: dict[str, Any], schema: dict[str, type | tuple[type, ...]], path: str) -> dict[str, Any]:

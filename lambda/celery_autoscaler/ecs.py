@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 DESCRIBE_BATCH = 10
 """DescribeServices accepts at most 10 services per call."""
 
+PROTECTION_BATCH = 10
+"""GetTaskProtection accepts at most 10 tasks per call."""
+
 MISSING = "MISSING"
 """DescribeServices' failure reason for a service that does not exist (other reasons are kept as given)."""
 
@@ -135,8 +138,9 @@ class EcsActuator:
             for page in self.client.get_paginator("list_tasks").paginate(cluster=self.cluster, serviceName=service):
                 arns.extend(page.get("taskArns", []))
             protected = 0
-            for start in range(0, len(arns), 10):
-                response = self.client.get_task_protection(cluster=self.cluster, tasks=arns[start : start + 10])
+            for start in range(0, len(arns), PROTECTION_BATCH):
+                batch = arns[start : start + PROTECTION_BATCH]
+                response = self.client.get_task_protection(cluster=self.cluster, tasks=batch)
                 protected += sum(1 for task in response.get("protectedTasks", []) if task.get("protectionEnabled"))
             return protected
         except (ClientError, BotoCoreError, NotImplementedError):
