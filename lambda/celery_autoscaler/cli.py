@@ -70,10 +70,7 @@ def run_measure(args: argparse.Namespace) -> int:
         raise ConfigError("--broker-url", str(exc)) from exc
     finally:
         probe.close()
-    queues = {
-        name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
-        for name, q in measured.queues.items()
-    }
+    queues = {name: q.summary() for name, q in measured.queues.items()}
     if args.json:
         _print_json({"queues": queues, "unacked_total": measured.unacked_total})
         return EXIT_OK
@@ -98,7 +95,12 @@ def add_measure(subparsers: Any) -> None:
         help=r"priority separator; escapes allowed (default Celery's \x06\x16)",
     )
     parser.add_argument("--publish-time-header", default=DEFAULT_PUBLISH_TIME_HEADER)
-    parser.add_argument("--unacked-scan-cap", type=int, default=10_000, help="skip attribution above this many")
+    parser.add_argument(
+        "--unacked-scan-cap",
+        type=int,
+        default=BrokerConfig.unacked_scan_cap,
+        help="skip attribution above this many (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run_measure)
 

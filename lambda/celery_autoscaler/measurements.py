@@ -23,6 +23,10 @@ class QueueMeasurement:
     oldest_age_s: float | None
     scheduled: int | None = None
 
+    def summary(self) -> dict[str, int | float | None]:
+        """The JSON the CLI prints and the tick logs for a queue."""
+        return {"waiting": self.waiting, "unacked": self.unacked, "oldest_age_s": self.oldest_age_s}
+
 
 @dataclass(frozen=True)
 class BrokerMeasurements:

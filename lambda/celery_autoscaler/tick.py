@@ -56,10 +56,7 @@ class PoolOutcome:
             "in_flight": load.in_flight if load else None,
             "unacked_total": load.unacked_total if load else None,
             "oldest_age_s": load.oldest_age_s if load else None,
-            "queues": {
-                name: {"waiting": q.waiting, "unacked": q.unacked, "oldest_age_s": q.oldest_age_s}
-                for name, q in self.queues.items()
-            },
+            "queues": {name: q.summary() for name, q in self.queues.items()},
         }
 
     def as_dict(self) -> dict[str, Any]:
