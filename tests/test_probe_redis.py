@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis
 from apps.probe_app import DONE, RELEASE, ROUTED_QUEUES, STARTED, make_app
-from celery_apps import Worker, celery_worker
+from apps.workers import WorkerProcess
+from celery_apps import celery_worker
 from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
 from waiting import wait_until
 
@@ -48,7 +49,7 @@ def counting_client(url: str) -> tuple[redis.Redis, list[int]]:
 @contextmanager
 def probe_worker(
     client: redis.Redis, queues: list[str], *, acks_late: bool, concurrency: int = 2, **options: Any
-) -> Iterator[Worker]:
+) -> Iterator[WorkerProcess]:
     """A worker on the test's db with prefetch multiplier 1: it holds exactly ``concurrency`` messages."""
     env = {
         "PROBE_APP_BROKER_URL": redis_url_for(db_of(client)),
@@ -153,8 +154,8 @@ def test_in_flight_matches_what_the_worker_holds(redis_db: redis.Redis, acks_lat
             what="two tasks running and the prefetch window full",
         )
         measured = probe.measure(["work", "celery"])
-        inspect = app.control.inspect(destination=[worker.name], timeout=30)
-        active, reserved = inspect.active()[worker.name], inspect.reserved()[worker.name]
+        inspect = app.control.inspect(destination=[worker.hostname], timeout=30)
+        active, reserved = inspect.active()[worker.hostname], inspect.reserved()[worker.hostname]
 
         assert measured.queues["work"].waiting == expected_waiting
         assert measured.queues["work"].unacked == expected_unacked

@@ -1,4 +1,4 @@
-"""Start and stop real ``celery worker`` processes running tests/apps/worker_app.py.
+"""Start and stop real ``celery worker`` processes (tests/apps/worker_app.py unless told otherwise).
 
 Each worker runs in its own process group, like the processes of one ECS container: SIGTERM goes to
 the main process (what ECS sends to PID 1), SIGKILL goes to the whole group (what ECS does after
@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -20,15 +20,27 @@ ROOT = TESTS_DIR.parent
 
 
 class WorkerProcess:
-    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path, concurrency: int = 2) -> None:
+    """One ``celery worker`` (prefork, no gossip, mingle or heartbeat) whose output goes to ``log_dir``."""
+
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+        concurrency: int = 2,
+        *,
+        app: str = "apps.worker_app",
+        queues: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.hostname = f"{name}@test"
         self.log_path = log_dir / f"{name}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ECS_", "CELERY_", "SAFE_", "REMAP_"))}
         full_env.update(env)
         full_env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(ROOT / "lambda")])
-        command = [sys.executable, "-m", "celery", "-A", "apps.worker_app", "worker", "-P", "prefork"]
+        command = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork"]
         command += ["-c", str(concurrency), "-n", self.hostname, "-l", "INFO"]
+        command += ["-Q", ",".join(queues)] if queues else []
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -53,6 +65,12 @@ class WorkerProcess:
     def exited(self) -> bool:
         return self.proc.poll() is not None
 
+    def is_ready(self) -> bool:
+        """Celery logs ``<hostname> ready.`` once the consumer is subscribed to its queues."""
+        if self.exited():
+            raise AssertionError(f"worker {self.hostname} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        return f"{self.hostname} ready." in self.log()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -69,8 +87,16 @@ class WorkerProcess:
 
 
 @contextlib.contextmanager
-def running_worker(name: str, env: Mapping[str, str], log_dir: Path, concurrency: int = 2) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(name, env, log_dir, concurrency)
+def running_worker(
+    name: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    concurrency: int = 2,
+    *,
+    app: str = "apps.worker_app",
+    queues: Sequence[str] = (),
+) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(name, env, log_dir, concurrency, app=app, queues=queues)
     try:
         yield worker
     finally:
