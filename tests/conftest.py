@@ -13,7 +13,6 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
-# Test files own distinct db numbers so they never touch a user's db 0 or each other's keys.
 sys.path.insert(0, str(ROOT / "tests"))
 # The local demo's package: the worker helper's tests use its fake ECS agent.
 sys.path.insert(0, str(ROOT / "examples" / "local"))
@@ -23,6 +22,7 @@ def redis_url_for(db: int) -> str:
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
+# Test files own distinct db numbers so they never touch a user's db 0 or each other's keys.
 @pytest.fixture
 def redis_db(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     """A flushed Redis db for one test; the db number comes from ``@pytest.mark.redis_db(N)`` (default 9)."""
