@@ -31,7 +31,7 @@ from celery_autoscaler.policy import PoolState
 from celery_autoscaler.sim import BUILTIN, SimSettings, builtin, simulate
 from celery_autoscaler.sim.baselines import ScalerPolicy, Static
 from celery_autoscaler.sim.engine import SimPolicy, run_pool
-from celery_autoscaler.sim.simulate import DEFAULT_POOL, PolicyOutcome, _static_min, summarise
+from celery_autoscaler.sim.simulate import DEFAULT_POOL, PolicyOutcome, smallest_static_fleet, summarise
 from celery_autoscaler.sim.traces import ServiceModel, Trace, steady
 
 OURS = "celery-autoscaler"
@@ -65,7 +65,9 @@ def fleet_bound(trace: Trace, settings: SimSettings, seed: int, p95_s: float) ->
     """
     pool = DEFAULT_POOL
     tight = replace(settings, slo_s=p95_s)
-    count = _static_min(trace.enqueue_s, trace.service_s, pool, tight, seed, trace.horizon_s, pool.max_workers)
+    count = smallest_static_fleet(
+        trace.enqueue_s, trace.service_s, pool, tight, seed, trace.horizon_s, pool.max_workers
+    )
     run = run_pool(trace.enqueue_s, trace.service_s, Static(count, "bound"), pool, tight, seed, trace.horizon_s)
     if summarise([run], tight)["wait_p95_s"] > p95_s:
         return None

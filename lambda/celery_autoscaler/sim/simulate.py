@@ -102,7 +102,7 @@ def summarise(runs: list[RunResult], settings: SimSettings) -> dict[str, float |
     }
 
 
-def _static_min(
+def smallest_static_fleet(
     enq: list[float], svc: list[float], pool: PoolConfig, settings: SimSettings, seed: int, horizon: float, peak: int
 ) -> int:
     """The smallest constant fleet whose p95 wait meets the SLO (binary search; p95 falls as workers rise)."""
@@ -196,7 +196,7 @@ def _policy(
     peak = min(pool.max_workers, staffing(max(busy, default=0.0), pool.concurrency))
     if name == "static-peak":
         return Static(max(1, peak), name)
-    return Static(_static_min(enq, svc, pool, settings, seed, horizon, peak), name)
+    return Static(smallest_static_fleet(enq, svc, pool, settings, seed, horizon, peak), name)
 
 
 def as_json(outcomes: dict[str, PolicyOutcome], trace: Trace) -> dict[str, Any]:
