@@ -15,7 +15,8 @@ from celery_autoscaler.sim.traces import BUILTIN, ServiceModel, Trace, builtin, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``simulate`` options."""
+    """The ``simulate`` options; the world's defaults are :class:`SimSettings`' (the module's)."""
+    world = SimSettings()
     parser.add_argument("--trace", required=True, help=f"a CSV file or a built-in trace: {', '.join(BUILTIN)}")
     parser.add_argument("--config", help="scaler config JSON (pools, tick interval); default: one pool, defaults")
     parser.add_argument(
@@ -24,21 +25,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="same seed, same output (default 1)")
     parser.add_argument("--hours", type=float, help="simulate only the first H hours (built-ins default to 24)")
     parser.add_argument("--service-s", type=float, default=2.0, help="mean run time for per-minute CSV traces")
-    parser.add_argument("--slo-s", type=float, default=60.0, help="wait counted as an SLO violation (default 60)")
-    parser.add_argument("--pricing", choices=sorted(PRICES), default="x86", help="Fargate price list (default x86)")
-    parser.add_argument("--vcpu", type=float, default=0.25, help="worker vCPU (default 0.25)")
-    parser.add_argument("--memory-gb", type=float, default=0.5, help="worker memory in GB (default 0.5)")
+    parser.add_argument(
+        "--slo-s", type=float, default=world.slo_s, help="wait counted as an SLO violation (default %(default)g)"
+    )
+    parser.add_argument(
+        "--pricing", choices=sorted(PRICES), default=world.pricing, help="Fargate price list (default %(default)s)"
+    )
+    parser.add_argument("--vcpu", type=float, default=world.vcpu, help="worker vCPU (default %(default)g)")
+    parser.add_argument(
+        "--memory-gb", type=float, default=world.memory_gb, help="worker memory in GB (default %(default)g)"
+    )
     parser.add_argument(
         "--acks-late",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=world.acks_late,
         help="workers ack after running, so the probe sees running tasks (default on, as the module sets it)",
     )
     parser.add_argument(
         "--probe-sees-running", action="store_true", help="what-if: the probe also counts running tasks"
     )
-    parser.add_argument("--prefetch-multiplier", type=int, default=1, help="Celery prefetch multiplier (default 1)")
-    parser.add_argument("--stop-timeout-s", type=float, default=120.0, help="ECS stopTimeout (default 120)")
+    parser.add_argument(
+        "--prefetch-multiplier",
+        type=int,
+        default=world.prefetch_multiplier,
+        help="Celery prefetch multiplier (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-timeout-s", type=float, default=world.stop_timeout_s, help="ECS stopTimeout (default %(default)g)"
+    )
     parser.add_argument("--no-protection", action="store_true", help="workers do not use scale-in protection")
     parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
 
