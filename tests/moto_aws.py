@@ -62,6 +62,11 @@ def create_services(
     return ecs
 
 
+def desired_count(ecs: Any, service: str = "worker-default", cluster: str = CLUSTER) -> int:
+    """The service's desired count as ECS reports it."""
+    return int(ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"])
+
+
 def create_state_table(name: str = "celery-autoscaler-state", endpoint_url: str | None = None) -> str:
     """The table the Terraform module creates: hash key ``pool`` (S), on-demand."""
     client("dynamodb", endpoint_url).create_table(

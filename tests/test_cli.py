@@ -15,7 +15,17 @@ import redis
 import requests
 from celery_apps import publish
 from conftest import ROOT, redis_url_for
-from moto_aws import CLUSTER, ENDPOINT_VARS, REGION, client, create_services, create_state_table, free_port, moto_server
+from moto_aws import (
+    CLUSTER,
+    ENDPOINT_VARS,
+    REGION,
+    client,
+    create_services,
+    create_state_table,
+    desired_count,
+    free_port,
+    moto_server,
+)
 
 from celery_autoscaler.cli import SUBCOMMANDS
 
@@ -133,10 +143,6 @@ def stored_state(env: dict[str, str]) -> dict[str, Any]:
     return dict(table.get_item(TableName="celery-autoscaler-state", Key={"pool": {"S": "default"}}))
 
 
-def desired(ecs: Any) -> int:
-    return int(ecs.describe_services(cluster=CLUSTER, services=["worker-default"])["services"][0]["desiredCount"])
-
-
 @pytest.mark.usefixtures("redis_db")
 def test_evaluate_runs_one_tick_against_the_endpoint(tmp_path: Path, env: dict[str, str]) -> None:
     ecs = create_aws(env)
@@ -148,7 +154,7 @@ def test_evaluate_runs_one_tick_against_the_endpoint(tmp_path: Path, env: dict[s
     assert (pool["pool"], pool["waiting"], pool["desired"], pool["acted"]) == ("default", 9, 5, True)
     assert pool["reason"].startswith("burst: 9 waiting")
     assert body["dry_run"] is False
-    assert desired(ecs) == 5
+    assert desired_count(ecs) == 5
     item = stored_state(env)
     assert item["Item"]["version"] == {"N": "1"}
 
@@ -161,7 +167,7 @@ def test_evaluate_dry_run_neither_scales_nor_writes_state(tmp_path: Path, env: d
     assert run.returncode == 0, run.stderr
     assert "default: burst: 4 waiting" in run.stdout
     assert "[dry run]" in run.stdout
-    assert desired(ecs) == 0
+    assert desired_count(ecs) == 0
     item = stored_state(env)
     assert "Item" not in item
 
@@ -184,7 +190,7 @@ def test_evaluate_unreachable_broker_exits_3_and_holds(tmp_path: Path, env: dict
     assert run.returncode == 3
     assert "broker unavailable" in run.stderr
     assert json.loads(run.stdout)["pools"][0]["reason"].startswith("hold: broker unreadable")
-    assert desired(ecs) == 0
+    assert desired_count(ecs) == 0
 
 
 def test_evaluate_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import redis
 from celery_apps import publish
 from conftest import redis_url_for
 from moto import mock_aws
-from moto_aws import CLUSTER, REGION, aws_env, create_services, create_state_table
+from moto_aws import CLUSTER, REGION, aws_env, create_services, create_state_table, desired_count
 
 from celery_autoscaler import handler
 from celery_autoscaler.config import ConfigError
@@ -57,10 +57,6 @@ def aws(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis) -> Iterator[Any]
     runtime.cache_clear()
 
 
-def desired(ecs: Any) -> int:
-    return int(ecs.describe_services(cluster=CLUSTER, services=["worker-default"])["services"][0]["desiredCount"])
-
-
 def stdout_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
@@ -76,7 +72,7 @@ def test_handler_runs_its_ticks_and_scales(
     assert answer["errors"] == 0
     assert answer["pools"]["default"]["desired"] == 4
     assert answer["dry_run"] is False
-    assert desired(aws) == 4
+    assert desired_count(aws) == 4
     lines = stdout_lines(capsys)
     assert [line["pool"] for line in lines if line.get("message") == "pool tick"] == ["default", "default"]
     assert sum(1 for line in lines if "_aws" in line) == 4  # per pool and per queue, twice
@@ -89,14 +85,14 @@ def test_dry_run_event_decides_without_updating(aws: Any, monkeypatch: pytest.Mo
     assert answer["dry_run"] is True
     assert answer["pools"]["default"]["desired"] == 2
     assert answer["actions"] == 0
-    assert desired(aws) == 0
+    assert desired_count(aws) == 0
 
 
 def test_config_dry_run_also_holds_back(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=1, dry_run=True)))
     publish(BROKER, 3)
     assert lambda_handler(None, Context())["actions"] == 0
-    assert desired(aws) == 0
+    assert desired_count(aws) == 0
 
 
 @pytest.mark.usefixtures("aws")
@@ -145,7 +141,7 @@ def test_broker_url_is_read_once_from_secrets_manager(aws: Any, monkeypatch: pyt
     assert lambda_handler({}, Context())["pools"]["default"]["desired"] == 3
     secrets.put_secret_value(SecretId=arn, SecretString="redis://127.0.0.1:1/0")
     assert lambda_handler({}, Context())["errors"] == 0, "the warm container keeps the URL it read"
-    assert desired(aws) == 3
+    assert desired_count(aws) == 3
 
 
 @pytest.mark.usefixtures("aws")

@@ -27,6 +27,7 @@ from moto_aws import (
     REGION,
     create_services,
     create_state_table,
+    desired_count,
     metric_data_from_emf,
     moto_server,
 )
@@ -117,7 +118,7 @@ def test_handler_reads_the_broker_url_from_secrets_manager(
         runtime.cache_clear()
     assert answer["errors"] == 0
     assert answer["pools"]["default"]["desired"] == 3
-    assert ecs.describe_services(cluster=CLUSTER, services=["worker-default"])["services"][0]["desiredCount"] == 3
+    assert desired_count(ecs) == 3
 
 
 def test_emf_metrics_of_a_real_tick_are_valid_cloudwatch_metrics(
