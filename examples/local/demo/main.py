@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -59,14 +60,12 @@ class DemoActuator:
         self._pools = pools_by_service
 
     def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
-        described = self._ecs.describe(services)
-        result = {}
-        for name, status in described.items():
-            view = self._runner.snapshot()[self._pools[name]] if name in self._pools else None
-            if view is None:
-                result[name] = status
-                continue
-            result[name] = ServiceStatus(name, status.desired, view.running, view.pending, status.status)
+        result = self._ecs.describe(services)
+        views = self._runner.snapshot()
+        for name, status in result.items():
+            if name in self._pools:
+                view = views[self._pools[name]]
+                result[name] = replace(status, running=view.running, pending=view.pending)
         return result
 
     def set_desired(self, service: str, count: int) -> None:

@@ -4,10 +4,9 @@ The emulator stores each service's desired count but runs nothing (and reports r
 once), so this runner does what ECS would: it polls ``describe_services``, starts the container the
 service's task definition describes (its command, environment and Secrets Manager secrets, as a
 local process in the venv instead of an image) per missing task after a start delay (Fargate takes
-~20 s), and on
-scale-in stops surplus tasks with SIGTERM (Celery's warm shutdown), pending ones first, then
-unprotected ones, never a task whose scale-in protection is on (ECS waits for it to expire or be
-released). Tasks that ignore SIGTERM past ``stop_timeout_s`` get SIGKILL, as on ECS.
+~20 s), and on scale-in stops surplus tasks with SIGTERM (Celery's warm shutdown), pending ones
+first, then unprotected ones, never a task whose scale-in protection is on (ECS waits for it to
+expire or be released). Tasks that ignore SIGTERM past ``stop_timeout_s`` get SIGKILL, as on ECS.
 """
 
 from __future__ import annotations
