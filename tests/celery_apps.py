@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from apps.workers import WorkerProcess, running_worker
+from apps.workers import WorkerProcess
 from celery import Celery
 from waiting import wait_until
 
@@ -34,7 +34,7 @@ def celery_worker(
     """
     with (
         tempfile.TemporaryDirectory(prefix="celery-worker-") as log_dir,
-        running_worker(
+        WorkerProcess(
             f"test-{uuid.uuid4().hex[:8]}", env or {}, Path(log_dir), concurrency, app=app, queues=queues
         ) as worker,
     ):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 from apps.worker_app import DONE, PUBLISHED_AT, READY, STARTED
-from apps.workers import WorkerProcess, running_worker
+from apps.workers import WorkerProcess
 from celery import Celery, signals
 from conftest import redis_url_for
 from demo.agent import PROTECTION_PATH, FakeEcsAgent
@@ -147,7 +147,7 @@ def test_protect_on_first_task_renew_while_busy_release_when_idle(
 
     with (
         FakeEcsAgent() as agent,
-        running_worker("protect", {**FAST_PROTECTION, "ECS_AGENT_URI": agent.uri_for(TASK)}, tmp_path) as w,
+        WorkerProcess("protect", {**FAST_PROTECTION, "ECS_AGENT_URI": agent.uri_for(TASK)}, tmp_path) as w,
     ):
         _wait_ready(redis_db, w)
         assert agent.puts() == [], "an idle worker must not ask for protection"
@@ -184,7 +184,7 @@ def test_agent_failures_never_fail_or_block_tasks(
     with FakeEcsAgent(mode="hang") as agent:
         uri = agent.uri_for(TASK) if agent_mode == "hang" else "http://127.0.0.1:9"  # discard port: refused
         env = {**FAST_PROTECTION, "ECS_AGENT_URI": uri, "SAFE_AGENT_TIMEOUT_S": "0.5"}
-        with running_worker(f"agent-{agent_mode}", env, tmp_path) as w:
+        with WorkerProcess(f"agent-{agent_mode}", env, tmp_path) as w:
             _wait_ready(redis_db, w)
             ids = [work.delay(0.4).id for _ in range(6)]
             wait_until(lambda: all(_count(redis_db, DONE, i) == 1 for i in ids), timeout=120, what="all tasks done")
@@ -207,7 +207,7 @@ def test_no_agent_logs_one_noop_and_retries_get_a_new_publish_time(
         "SAFE_TIME_LIMIT_S": "300",
         "CELERY_AUTOSCALER_STOP_TIMEOUT": "30",
     }
-    with running_worker("no-agent", risky, tmp_path) as w:
+    with WorkerProcess("no-agent", risky, tmp_path) as w:
         _wait_ready(redis_db, w)
         retry_once.delay()
         wait_until(lambda: redis_db.llen(PUBLISHED_AT) == 2, timeout=60, what="the task and its retry ran")

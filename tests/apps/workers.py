@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -20,7 +20,10 @@ ROOT = TESTS_DIR.parent
 
 
 class WorkerProcess:
-    """One ``celery worker`` (prefork, no gossip, mingle or heartbeat) whose output goes to ``log_dir``."""
+    """One ``celery worker`` (prefork, no gossip, mingle or heartbeat) whose output goes to ``log_dir``.
+
+    Used as a context manager, it is stopped on exit whatever the test did to it.
+    """
 
     def __init__(
         self,
@@ -74,6 +77,12 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Cleanup: warm shutdown with a deadline, then kill whatever is left of the group."""
         if self.proc.poll() is None:
@@ -84,20 +93,3 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def running_worker(
-    name: str,
-    env: Mapping[str, str],
-    log_dir: Path,
-    concurrency: int = 2,
-    *,
-    app: str = "apps.worker_app",
-    queues: Sequence[str] = (),
-) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(name, env, log_dir, concurrency, app=app, queues=queues)
-    try:
-        yield worker
-    finally:
-        worker.stop()
