@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from apps.worker_app import AT_SIGTERM, DONE, QUEUE, READY, STARTED
+from apps.worker_keys import AT_SIGTERM, DONE, QUEUE, READY, STARTED
 from apps.workers import WorkerProcess
 from celery import Celery
 from conftest import redis_url_for

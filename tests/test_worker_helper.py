@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from apps.worker_app import DONE, PUBLISHED_AT, READY, STARTED
+from apps.worker_keys import DONE, PUBLISHED_AT, READY, STARTED
 from apps.workers import WorkerProcess
 from celery import Celery, signals
 from conftest import redis_url_for

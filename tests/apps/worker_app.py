@@ -11,18 +11,13 @@ import time
 from typing import Any
 
 import redis
+from apps.worker_keys import AT_SIGTERM, DONE, PUBLISHED_AT, QUEUE, READY, STARTED
 from celery import Celery, Task, signals
 from celery.worker import state as worker_state
 
 from celery_autoscaler import worker as autoscaler_worker
 
 BROKER_URL = os.environ.get("SAFE_BROKER_URL", "redis://127.0.0.1:6379/6")
-QUEUE = os.environ.get("SAFE_QUEUE", "safe")
-STARTED = "started"  # HASH task id -> times a worker began it
-DONE = "done"  # HASH task id -> times it ran to the end
-READY = "ready"  # SET of worker hostnames that finished starting
-AT_SIGTERM = "at_sigterm"  # LIST of "hostname:running tasks" when a worker got its shutdown signal
-PUBLISHED_AT = "published_at"  # LIST of the publish-time header each run of retry_once saw
 
 
 def _env_float(name: str) -> float | None:
