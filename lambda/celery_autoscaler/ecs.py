@@ -40,7 +40,7 @@ class ServiceStatus:
 
 
 class Actuator(Protocol):
-    """What ``tick`` needs from ECS; the demo and the simulator supply their own."""
+    """What ``tick`` needs from ECS; the demo supplies its own (running counts from its task runner)."""
 
     def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
         """Return every requested service, MISSING ones included; raise :class:`EcsError` if ECS cannot answer."""

@@ -31,7 +31,7 @@ class StateStoreError(Exception):
 
 
 class StateStore(Protocol):
-    """Where ``PoolState`` lives between ticks: DynamoDB in AWS, memory in the simulator and demo."""
+    """Where ``PoolState`` lives between ticks: DynamoDB (AWS, or the demo's emulator), memory for the CLI."""
 
     def load(self, pools: Sequence[str]) -> dict[str, PoolState]:
         """Every requested pool's state; a pool never saved gets ``PoolState()`` (version 0)."""

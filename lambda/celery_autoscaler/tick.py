@@ -1,7 +1,7 @@
 """One tick: describe -> measure -> load state -> decide -> save state -> act -> record, for every pool.
 
-The Lambda handler, the CLI, the local demo and the simulator all call :func:`run_tick`; they differ
-only in the probe, actuator, store and clock they pass in.
+The Lambda handler, the CLI and the local demo all call :func:`run_tick`; they differ only in the
+probe, actuator, store and clock they pass in (the simulator calls the policy's ``decide`` itself).
 
 Safety rules kept here (the policy keeps the rest):
 - a pool whose ECS service could not be described is not acted on;

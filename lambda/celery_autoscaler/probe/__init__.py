@@ -13,7 +13,7 @@ class BrokerUnavailableError(Exception):
 
 
 class Probe(Protocol):
-    """Anything that can measure queues: Redis now, RabbitMQ later, the simulator's fake broker."""
+    """Anything that can measure queues (Redis now; another broker would be another probe)."""
 
     def measure(self, queues: Sequence[str]) -> BrokerMeasurements:
         """Measure ``queues`` now; raise :class:`BrokerUnavailableError` when the broker cannot be read."""

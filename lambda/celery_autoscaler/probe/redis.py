@@ -94,7 +94,7 @@ def _epoch(value: Any) -> float | None:
 class RedisProbe:
     """Reads waiting, in-flight and age of Celery queues from Redis; see the module docstring.
 
-    ``clock`` (epoch seconds) is injectable so tests and the simulator control time. The Redis client
+    ``clock`` (epoch seconds) is injectable so tests control time. The Redis client
     is created on first use from ``url`` (``redis://`` or ``rediss://``, user:password, db in the path),
     or injected as ``client``.
     """
