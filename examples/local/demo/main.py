@@ -34,7 +34,7 @@ from celery_autoscaler.tick import run_tick
 from demo.events import EventLog, read_events
 from demo.loadgen import LoadGenerator
 from demo.profiles import DEFAULT, QUICK, Profile
-from demo.report import build_summary, plot_timeline
+from demo.report import DONE_KEY, build_summary, plot_timeline
 from demo.runner import APP_DIR, TaskRunner, load_container
 from demo.view import LiveView
 
@@ -247,7 +247,7 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog) -> 
                     next_tick += config.tick_interval_s
                     tick(config, probe, actuator, store, telemetry, events, view)
                 view.phase, view.sent = load.phase, load.sent
-                view.completed = int(results.hlen("demo:done"))
+                view.completed = int(results.hlen(DONE_KEY))
                 views = runner.snapshot()
                 view.refresh(views)
                 if load.done.is_set():
