@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,14 @@ STOP_TIMEOUT_S = 10.0  # the simulated ECS stopTimeout of the SIGKILL variants (
 WARM = {"SAFE_BROKER_URL": BROKER, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}
 
 
-def _producer() -> Celery:
+@pytest.fixture
+def producer() -> Iterator[Celery]:
     """A plain producer process's app (like a web process): the helper installed, no worker."""
     app = Celery("load", broker=BROKER, set_as_current=False)
     app.conf.task_default_queue = QUEUE
     helper.install(app)
-    return app
+    yield app
+    helper.uninstall(app)
 
 
 class Load(threading.Thread):
@@ -83,7 +86,7 @@ def _counts(r: redis.Redis, field: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "late-ack"])
 def test_fifty_sigterms_in_the_middle_of_tasks_lose_nothing(
-    acks_late: bool, redis_db: redis.Redis, tmp_path: Path
+    acks_late: bool, producer: Celery, redis_db: redis.Redis, tmp_path: Path
 ) -> None:
     """Warm shutdown loses nothing, with early or late acks; a rare task cut by a SIGTERM runs twice.
 
@@ -94,7 +97,7 @@ def test_fifty_sigterms_in_the_middle_of_tasks_lose_nothing(
     """
     env = {**WARM, "CELERY_TASK_ACKS_LATE": str(acks_late).lower()}
     started_at = time.monotonic()
-    load = Load(_producer(), per_second=8)
+    load = Load(producer, per_second=8)
     workers: collections.deque[WorkerProcess] = collections.deque()
     stopped: list[WorkerProcess] = []
     exit_codes: list[int] = []
@@ -170,7 +173,7 @@ VARIANTS = [
     ("label", "env", "expected"), VARIANTS, ids=["warm-early-ack", "soft-late-ack", "warm-late-ack"]
 )
 def test_sigkill_after_stop_timeout_of_a_task_longer_than_it(
-    label: str, env: dict[str, str], expected: str, redis_db: redis.Redis, tmp_path: Path
+    label: str, env: dict[str, str], expected: str, producer: Celery, redis_db: redis.Redis, tmp_path: Path
 ) -> None:
     env = {**env, "SAFE_BROKER_URL": BROKER, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}
     release_key = f"release-{uuid.uuid4().hex}"
@@ -178,7 +181,7 @@ def test_sigkill_after_stop_timeout_of_a_task_longer_than_it(
     second: WorkerProcess | None = None
     try:
         wait_until(lambda: _ready(redis_db, first), timeout=120, what="first worker ready")
-        task_id = _producer().send_task("apps.worker_app.block", args=[release_key], queue=QUEUE).id
+        task_id = producer.send_task("apps.worker_app.block", args=[release_key], queue=QUEUE).id
         wait_until(lambda: int(redis_db.hget(STARTED, task_id) or 0) == 1, timeout=60, what="task running")
 
         # ECS: SIGTERM, then SIGKILL of the whole container if it is still there after stopTimeout.

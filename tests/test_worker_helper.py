@@ -44,11 +44,16 @@ FAST_PROTECTION = {
 
 @pytest.fixture
 def producer(redis_db: redis.Redis) -> Iterator[Celery]:
-    """The same app the workers run, imported in the test process as a plain producer."""
+    """The same app the workers run, imported in the test process as a plain producer.
+
+    Importing it installs the helper; uninstalling afterwards keeps its stamp out of later tests.
+    """
     from apps.worker_app import app
 
     assert app.conf.broker_url == BROKER, "run with SAFE_BROKER_URL unset (defaults to db 6)"
-    return app
+    helper.install(app)
+    yield app
+    helper.uninstall(app)
 
 
 def _wait_ready(r: redis.Redis, worker: WorkerProcess) -> None:
@@ -138,6 +143,10 @@ def test_publish_time_header_on_a_plain_producer(producer: Celery, redis_db: red
     stamped = message["headers"]["x_published_at"]
     assert isinstance(stamped, float)
     assert before <= stamped <= after
+
+    helper.uninstall(producer)
+    producer.send_task("apps.worker_app.work", args=[0.1], queue="unconsumed")
+    assert "x_published_at" not in json.loads(redis_db.lindex("unconsumed", 0))["headers"]  # type: ignore[arg-type]
 
 
 def test_protect_on_first_task_renew_while_busy_release_when_idle(

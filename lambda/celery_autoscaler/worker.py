@@ -119,16 +119,30 @@ def install(app: Celery, *, apply_env_settings: bool = True, **arguments: Unpack
     With ``apply_env_settings`` the Celery settings in ``ENV_CELERY_SETTINGS`` found in the
     environment override the app's own (lazily: a later ``config_from_object`` keeps them).
     """
-    global _publish_headers
     if apply_env_settings:
         app.conf.update(celery_settings_from_env(os.environ))
     settings = resolve_settings(environ=os.environ, **arguments)
     _installed[app] = settings
-    _publish_headers = frozenset(s.publish_time_header for s in _installed.values())
+    _refresh_publish_headers()
     # dispatch_uid makes a second install() (or a second app) reuse the same connection.
     signals.before_task_publish.connect(_stamp_publish_time, weak=False, dispatch_uid="celery_autoscaler.publish_time")
     signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_autoscaler.worker_ready")
     return settings
+
+
+def uninstall(app: Celery) -> None:
+    """Undo :func:`install` for ``app``: its process stops stamping unless another installed app stamps.
+
+    The stamp applies to every publish in the process (Celery's signal does not say which app
+    publishes), so a process that hosts several apps, such as a test session, needs a way back.
+    """
+    _installed.pop(app, None)
+    _refresh_publish_headers()
+
+
+def _refresh_publish_headers() -> None:
+    global _publish_headers
+    _publish_headers = frozenset(s.publish_time_header for s in _installed.values())
 
 
 def resolve_settings(
