@@ -17,6 +17,17 @@ locals {
   container_secretsmanager_arns = distinct([for a in local.container_secret_arns : join(":", slice(split(":", a), 0, 7)) if strcontains(a, ":secretsmanager:")])
   container_ssm_arns            = [for a in local.container_secret_arns : a if strcontains(a, ":ssm:")]
 
+  # Trust policies of the execution, scaler and scheduler roles: only this account's service may assume them.
+  assume_role_policy = { for service in ["ecs-tasks", "lambda", "scheduler"] : service => jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "${service}.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
+    }]
+  }) }
+
   task_protection_enabled = anytrue([for p in var.worker_pools : p.scale_in_protection])
 
   task_role_statements = concat(
@@ -50,15 +61,7 @@ resource "aws_iam_role" "task_execution" {
   name                 = "${var.name}-task-execution"
   description          = "ECS task execution role of the Celery workers of ${var.name}"
   permissions_boundary = var.iam_permissions_boundary
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Principal = { Service = "ecs-tasks.amazonaws.com" }
-      Action    = "sts:AssumeRole"
-      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
-    }]
-  })
+  assume_role_policy   = local.assume_role_policy["ecs-tasks"]
 
   tags = local.tags
 }
@@ -138,15 +141,7 @@ resource "aws_iam_role" "scaler" {
   name                 = local.scaler_name
   description          = "Celery autoscaler Lambda of ${var.name}"
   permissions_boundary = var.iam_permissions_boundary
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Principal = { Service = "lambda.amazonaws.com" }
-      Action    = "sts:AssumeRole"
-      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
-    }]
-  })
+  assume_role_policy   = local.assume_role_policy["lambda"]
 
   tags = local.tags
 }
@@ -240,15 +235,7 @@ resource "aws_iam_role" "scheduler" {
   name                 = "${var.name}-scaler-schedule"
   description          = "EventBridge Scheduler role that invokes the Celery autoscaler of ${var.name}"
   permissions_boundary = var.iam_permissions_boundary
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Principal = { Service = "scheduler.amazonaws.com" }
-      Action    = "sts:AssumeRole"
-      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
-    }]
-  })
+  assume_role_policy   = local.assume_role_policy["scheduler"]
 
   tags = local.tags
 }

@@ -1,4 +1,14 @@
 locals {
+  # Workers and beat log to one group, one stream prefix each.
+  container_log_configuration = { for prefix in concat(keys(var.worker_pools), ["beat"]) : prefix => {
+    logDriver = "awslogs"
+    options = {
+      awslogs-group         = local.worker_log_group
+      awslogs-region        = local.region
+      awslogs-stream-prefix = prefix
+    }
+  } }
+
   # Settings for safe scale-in, read by celery_autoscaler.worker.install(app) (and usable in any Celery
   # config): acks_late + prefetch 1 so a stopped worker holds at most its running tasks; "soft" adds
   # REMAP_SIGTERM=SIGQUIT and a soft shutdown that restores cut tasks before ECS's SIGKILL.
@@ -38,14 +48,7 @@ locals {
     stopTimeout            = p.stop_timeout
     readonlyRootFilesystem = p.readonly_root_filesystem && !var.enable_execute_command # the ECS Exec agent writes to the root filesystem
     linuxParameters        = { initProcessEnabled = true }
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = local.worker_log_group
-        awslogs-region        = local.region
-        awslogs-stream-prefix = pool
-      }
-    }
+    logConfiguration       = local.container_log_configuration[pool]
   }] }
 
   beat_environment = merge({ CELERY_AUTOSCALER_PUBLISH_TIME_HEADER = var.broker.publish_time_header }, var.beat.environment)
@@ -58,14 +61,7 @@ locals {
     secrets                = [for k, v in merge(var.beat.secrets, local.broker_secret_env) : { name = k, valueFrom = v }]
     readonlyRootFilesystem = false
     linuxParameters        = { initProcessEnabled = true }
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = local.worker_log_group
-        awslogs-region        = local.region
-        awslogs-stream-prefix = "beat"
-      }
-    }
+    logConfiguration       = local.container_log_configuration["beat"]
   }]
 }
 
