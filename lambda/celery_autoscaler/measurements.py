@@ -16,12 +16,22 @@ class QueueMeasurement:
     or ``None`` when the queue is empty or no age could be known. ``scheduled`` counts the ETA/countdown
     messages workers hold for this queue that are not due yet (``None`` when unattributed): not demand,
     but a worker must stay to hold them.
+
+    ``error`` says why this queue alone could not be read this tick (its numbers are then not to be
+    used; the queue's pool holds). ``declared`` is whether a Celery app declared the queue on the
+    broker (``None`` when the broker cannot tell). ``completed`` and ``run_seconds`` are the worker
+    helper's cumulative counters for the queue (tasks finished, their total run time), ``None``
+    when no helper has written them.
     """
 
     waiting: int
     unacked: int | None
     oldest_age_s: float | None
     scheduled: int | None = None
+    error: str | None = None
+    declared: bool | None = None
+    completed: int | None = None
+    run_seconds: float | None = None
 
     def summary(self) -> dict[str, int | float | None]:
         """The JSON the CLI prints and the tick logs for a queue."""
