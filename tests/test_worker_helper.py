@@ -1,7 +1,8 @@
 """The worker-side helper against real Celery workers, real Redis and a fake ECS agent endpoint.
 
 Covers publish-time stamping, scale-in protection (protect on the first task, renew during a long
-task, release after idle), agent failures that must never fail a task, and the start-up warnings.
+task, release after idle), agent failures that must never fail a task, the start-up warnings and
+the per-queue task counters.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from apps.worker_keys import DONE, PUBLISHED_AT, READY, STARTED
+from apps.worker_keys import DONE, PUBLISHED_AT, QUEUE, READY, STARTED
 from apps.workers import WorkerProcess
 from celery import Celery, signals
 from conftest import redis_url_for
 from demo.agent import PROTECTION_PATH, FakeEcsAgent
 from waiting import wait_until
 
-from celery_autoscaler import config
+from celery_autoscaler import config, counters
 from celery_autoscaler import worker as helper
 
 DB = 6
@@ -325,3 +326,64 @@ def test_monitor_caps_one_busy_period_then_protects_again_after_idle() -> None:
 
 def test_header_default_matches_the_scaler_config() -> None:
     assert helper.DEFAULT_PUBLISH_TIME_HEADER == config.DEFAULT_PUBLISH_TIME_HEADER
+
+
+def _stats(r: redis.Redis, queue: str = QUEUE) -> tuple[int, float]:
+    """The helper's counters for ``queue``: tasks finished, their run time in seconds."""
+    raw = r.hgetall(counters.stats_key("", queue))
+    return int(raw.get(counters.COMPLETED_FIELD.encode(), 0)), int(raw.get(counters.RUN_MS_FIELD.encode(), 0)) / 1000
+
+
+def test_counters_from_prefork_workers_match_the_tasks_they_ran(
+    producer: Celery, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    from apps.worker_app import fail, retry_once, work
+
+    durations = [0.05, 0.3, 0.8] * 4
+    env = {"SAFE_BROKER_URL": BROKER}
+    with WorkerProcess("count-a", env, tmp_path, concurrency=2) as a, WorkerProcess("count-b", env, tmp_path) as b:
+        _wait_ready(redis_db, a)
+        _wait_ready(redis_db, b)
+        ids = [work.delay(d).id for d in durations]
+        fail.delay()
+        retry_once.delay()  # runs twice: the retried run and the retry each finish
+        expected = len(durations) + 1 + 2
+        wait_until(lambda: _stats(redis_db)[0] >= expected, timeout=120, what=f"{expected} tasks counted")
+        assert all(_count(redis_db, DONE, i) == 1 for i in ids)
+        wait_until(lambda: redis_db.llen(PUBLISHED_AT) == 2, timeout=60, what="the retry ran")
+        completed, run_s = _stats(redis_db)
+    assert completed == expected
+    # Each task's run time as Celery's own trace measures it: at least its sleep, plus small overhead.
+    assert sum(durations) <= run_s <= sum(durations) + 0.25 * expected, run_s
+    assert "writing task counters" not in a.log() + b.log()
+
+
+def test_counters_skip_a_broker_that_is_not_redis(caplog: pytest.LogCaptureFixture) -> None:
+    app = Celery("memory-broker", broker="memory://")
+    task_counters = helper.TaskCounters(app)
+    task_counters.record("celery", 1.0)
+    with caplog.at_level("INFO", logger="celery_autoscaler.worker"):
+        task_counters.flush()
+        task_counters.record("celery", 1.0)
+        task_counters.flush()
+    assert not task_counters.enabled
+    assert [r.getMessage() for r in caplog.records] == [
+        "celery-autoscaler: task counters off: the broker is memory, not Redis"
+    ]
+
+
+def test_counters_kept_when_a_write_fails_and_a_bad_key_fails_alone(redis_db: redis.Redis) -> None:
+    app = Celery("counter-writer", broker=BROKER)
+    task_counters = helper.TaskCounters(app)
+    redis_db.set(counters.stats_key("", "broken"), "not a hash")
+    task_counters.record("broken", 1.0)
+    task_counters.record("good", 0.5)
+    task_counters.record("good", 0.25)
+    task_counters.flush()
+    assert _stats(redis_db, "good") == (2, 0.75)
+    redis_db.delete(counters.stats_key("", "broken"))
+    task_counters.record("broken", 2.0)
+    task_counters.flush()
+    assert _stats(redis_db, "broken") == (2, 3.0), "the failed write is kept and added with the next one"
+    assert _stats(redis_db, "good") == (2, 0.75), "a queue written once is not written again"
+    app.close()

@@ -7,11 +7,14 @@ user's web, beat and worker processes. It does three things:
   so the scaler can measure a queue's age;
 - in a worker on ECS, turns on ECS task scale-in protection while tasks run and releases it after a
   short idle debounce, so scale-in never picks a busy worker and deployments are never blocked for long;
+- in every worker, counts per queue the tasks finished and their run time and adds them to the
+  broker's counters (:mod:`celery_autoscaler.counters`) once a second, so the scaler can size by run time;
 - warns at worker start about settings that can lose or kill tasks when ECS stops the container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,10 +31,11 @@ from typing import Any, TypedDict, Unpack
 from celery import Celery, signals
 from celery.worker import state as worker_state
 
+from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
+
 logger = logging.getLogger("celery_autoscaler.worker")
 
-# The same default as config.DEFAULT_PUBLISH_TIME_HEADER (a test keeps them equal); not imported so
-# that this file also works copied alone into an app that does not install the package.
+# The same default as config.DEFAULT_PUBLISH_TIME_HEADER (a test keeps them equal).
 DEFAULT_PUBLISH_TIME_HEADER = "x_published_at"
 ENV_AGENT_URI = "ECS_AGENT_URI"
 ENV_PUBLISH_TIME_HEADER = "CELERY_AUTOSCALER_PUBLISH_TIME_HEADER"
@@ -88,8 +92,11 @@ class WorkerSettings:
 _installed: weakref.WeakKeyDictionary[Celery, WorkerSettings] = weakref.WeakKeyDictionary()
 # Replaced as a whole on install() so the publish handler never iterates a changing collection.
 _publish_headers: frozenset[str] = frozenset()
-_monitor: ProtectionMonitor | None = None
-_monitor_lock = threading.Lock()
+_poller: Poller | None = None
+_counters: TaskCounters | None = None
+_start_lock = threading.Lock()
+COUNTER_SOCKET_TIMEOUT_S = 5.0
+"""The counters' own broker connection times out quickly: it shares the thread with protection."""
 
 
 class SettingsArguments(TypedDict, total=False):
@@ -127,6 +134,7 @@ def install(app: Celery, *, apply_env_settings: bool = True, **arguments: Unpack
     # dispatch_uid makes a second install() (or a second app) reuse the same connection.
     signals.before_task_publish.connect(_stamp_publish_time, weak=False, dispatch_uid="celery_autoscaler.publish_time")
     signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_autoscaler.worker_ready")
+    signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="celery_autoscaler.task_received")
     return settings
 
 
@@ -256,38 +264,209 @@ def _stamp_publish_time(sender: Any = None, headers: dict[str, Any] | None = Non
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """In the worker's main process: log warnings, then start the protection monitor once."""
-    global _monitor
+    """In the worker's main process: log warnings, then start the helper's one thread once."""
+    global _poller
     app = getattr(sender, "app", None)
     settings = _installed.get(app) if app is not None else None
-    if settings is None:
+    if app is None or settings is None:
         return
     for warning in settings_warnings(app, settings, os.environ):
         logger.warning("celery-autoscaler: %s", warning)
+    steps: list[Callable[[], None]] = [_task_counters(app).flush]
     url = settings.protection_url
     if url is None:
         reason = "disabled" if not settings.protection else f"no {ENV_AGENT_URI} (not on ECS)"
         logger.info("celery-autoscaler: scale-in protection off: %s", reason)
+    else:
+        steps.insert(0, ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0).step)
+        logger.info(
+            "celery-autoscaler: scale-in protection on (%s, %s min renewed while busy up to %s min, "
+            "released after %.0f s idle)",
+            url,
+            settings.protection_minutes,
+            settings.max_protected_minutes,
+            settings.release_after_idle_s,
+        )
+    with _start_lock:
+        if _poller is None:
+            _poller = Poller(settings.poll_interval_s, steps)
+            _poller.start()
+
+
+def _task_counters(app: Celery) -> TaskCounters:
+    global _counters
+    with _start_lock:
+        if _counters is None:
+            _counters = TaskCounters(app)
+        return _counters
+
+
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """In the worker's main process, as the consumer takes a message: count the task when it ends."""
+    app = getattr(sender, "app", None)
+    if request is None or app is None or app not in _installed:
         return
-    with _monitor_lock:
-        if _monitor is None:
-            _monitor = ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0)
-            _monitor.start()
-    logger.info(
-        "celery-autoscaler: scale-in protection on (%s, %s min renewed while busy up to %s min, "
-        "released after %.0f s idle)",
-        url,
-        settings.protection_minutes,
-        settings.max_protected_minutes,
-        settings.release_after_idle_s,
-    )
+    counters = _task_counters(app)
+    if counters.enabled:
+        counters.watch(request)
+
+
+class Poller:
+    """The helper's one daemon thread in the worker's main process: every ``interval_s``, each step once.
+
+    A step that fails only logs: a bug or an outage here must never take the worker down.
+    """
+
+    def __init__(self, interval_s: float, steps: list[Callable[[], None]]) -> None:
+        self.interval_s = interval_s
+        self.steps = steps
+        self._thread = threading.Thread(target=self._run, name="celery-autoscaler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            for step in self.steps:
+                try:
+                    step()
+                except Exception:
+                    logger.exception("celery-autoscaler: %s failed", getattr(step, "__qualname__", step))
+
+
+class TaskCounters:
+    """Per queue, tasks finished and their total run time, added to the broker's counters in batches.
+
+    Counting happens in the worker's main process, in the result callbacks Celery already runs there
+    for every task (an addition under a lock; prefork children are not involved). :meth:`flush`, on
+    the helper's thread, adds what was counted since the last flush with one pipelined MULTI/EXEC
+    of HINCRBYs over the app's own broker settings (a connection of its own, short socket timeouts).
+    A failed write keeps the counts for the next flush and only logs. The counters exist for Redis
+    brokers only: with another broker the helper logs that once and counts nothing.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+        self._key_prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", "") or "")
+        self._queues = {(q.exchange.name, q.routing_key): q.name for q in app.amqp.queues.values()}
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[int, int]] = {}
+        self._connection: Any = None
+        self._failing = False
+        self.enabled = True
+
+    def queue_of(self, delivery_info: Mapping[str, Any]) -> str:
+        """The queue a message came from: the app's queue bound to its exchange and routing key, else the key."""
+        exchange, routing_key = delivery_info.get("exchange") or "", delivery_info.get("routing_key") or ""
+        return str(self._queues.get((exchange, routing_key), routing_key))
+
+    def record(self, queue: str, run_s: float) -> None:
+        with self._lock:
+            count, run_ms = self._pending.get(queue, (0, 0))
+            self._pending[queue] = (count + 1, run_ms + max(0, round(run_s * 1000.0)))
+
+    def watch(self, request: Any) -> None:
+        """Count ``request`` once when Celery reports it done (success, failure or retry), if it ran."""
+        queue = self.queue_of(request.delivery_info or {})
+        on_success, on_failure = request.on_success, request.on_failure
+        counted = [False]
+
+        def count(run_s: float | None) -> None:
+            if counted[0] or request.time_start is None:
+                return
+            counted[0] = True
+            self.record(queue, run_s if run_s is not None else time.time() - request.time_start)
+
+        def success(failed__retval__runtime: tuple[bool, Any, float], **kwargs: Any) -> Any:
+            failed, _, runtime = failed__retval__runtime
+            if not failed:  # a failure goes on to on_failure, which counts it
+                count(runtime)
+            return on_success(failed__retval__runtime, **kwargs)
+
+        def failure(*args: Any, **kwargs: Any) -> Any:
+            count(None)
+            return on_failure(*args, **kwargs)
+
+        request.on_success, request.on_failure = success, failure
+
+    def flush(self) -> None:
+        """Add the counts since the last flush to the broker in one round trip; keep what was not written."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending or not self.enabled:
+            return
+        try:
+            client = self._client()
+            if client is None:
+                return
+            pipe = client.pipeline(transaction=True)
+            for queue, (count, run_ms) in pending.items():
+                key = stats_key(self._key_prefix, queue)
+                pipe.hincrby(key, COMPLETED_FIELD, count)
+                pipe.hincrby(key, RUN_MS_FIELD, run_ms)
+            results = pipe.execute(raise_on_error=False)
+        except Exception as exc:  # any broker or client error: keep the counts, reconnect next time
+            self._close()
+            self._keep(pending, f"{type(exc).__name__}: {exc}")
+            return
+        # A queue whose key holds something else (WRONGTYPE) fails alone; the others were added.
+        failed = {
+            queue: counts
+            for (queue, counts), added in zip(
+                pending.items(), zip(results[::2], results[1::2], strict=True), strict=True
+            )
+            if any(isinstance(result, Exception) for result in added)
+        }
+        if failed:
+            self._keep(failed, "; ".join(str(e) for e in results if isinstance(e, Exception)))
+            return
+        if self._failing:
+            logger.info("celery-autoscaler: task counters written again")
+        self._failing = False
+
+    def _keep(self, counts: dict[str, tuple[int, int]], error: str) -> None:
+        """Put unwritten counts back for the next flush and log (a warning once per failing streak)."""
+        with self._lock:
+            for queue, (count, run_ms) in counts.items():
+                old_count, old_ms = self._pending.get(queue, (0, 0))
+                self._pending[queue] = (old_count + count, old_ms + run_ms)
+        (logger.debug if self._failing else logger.warning)(
+            "celery-autoscaler: writing task counters for %s failed (%s); kept for the next try",
+            ", ".join(sorted(counts)),
+            error,
+        )
+        self._failing = True
+
+    def _client(self) -> Any:
+        """The redis client of the counters' own connection, or None (counters off) for a non-Redis broker."""
+        if self._connection is None:
+            timeouts = {"socket_timeout": COUNTER_SOCKET_TIMEOUT_S, "socket_connect_timeout": COUNTER_SOCKET_TIMEOUT_S}
+            connection = self._app.connection_for_write(transport_options=timeouts)
+            driver = connection.transport.driver_type
+            if driver != "redis":
+                connection.release()
+                self.enabled = False
+                with self._lock:
+                    self._pending.clear()
+                logger.info("celery-autoscaler: task counters off: the broker is %s, not Redis", driver)
+                return None
+            connection.connect()
+            self._connection = connection
+        return self._connection.default_channel.client
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.release()
+            self._connection = None
 
 
 class ProtectionMonitor:
     """Keeps ECS scale-in protection on while the worker runs tasks; releases it when idle.
 
-    Runs as one daemon thread in the worker's main process, which owns the state of every prefork
-    child, so protection is one decision per container. Agent calls happen here, never on the task
+    Its :meth:`step` runs on the helper's thread in the worker's main process, which owns the state of
+    every prefork child, so protection is one decision per container. Agent calls happen there, never on the task
     path: a slow or failing agent delays nothing and fails nothing, it only logs. One busy period is
     protected for at most ``max_protected_minutes``: a worker that never goes idle must not block a
     deployment forever, so after that the protection lapses until the worker has been idle.
@@ -302,7 +481,6 @@ class ProtectionMonitor:
         self.settings = settings
         self._busy = busy
         self._clock = clock
-        self._thread = threading.Thread(target=self._run, name="celery-autoscaler-protection", daemon=True)
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the agent is link-local
         self.protected_until: float | None = None
         self._last_busy = clock()
@@ -310,17 +488,6 @@ class ProtectionMonitor:
         self._failing = False
         self._busy_since: float | None = None  # start of the busy period protection covers
         self._lapsed = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.settings.poll_interval_s)
-            try:
-                self.step()
-            except Exception:  # a bug here must never take the worker down
-                logger.exception("celery-autoscaler: protection monitor step failed")
 
     def step(self) -> None:
         """One poll: protect or renew while busy (up to the cap), release after the idle debounce."""

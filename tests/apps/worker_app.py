@@ -81,6 +81,12 @@ def block(self: Task, key: str) -> str:
     return self.request.id
 
 
+@app.task
+def fail() -> None:
+    """A task that fails: the worker helper counts it as finished like any other."""
+    raise RuntimeError("this task always fails")
+
+
 @app.task(bind=True, max_retries=1)
 def retry_once(self: Task) -> None:
     """Record the publish-time header of each run; the retry is a new publish with a new time."""
