@@ -27,8 +27,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create the virtualenv and install everything
 
 .PHONY: services
-services: ## Start Redis on loopback unless one answers
-	@scripts/ensure-redis.sh
+services: ## Install redis-server and rabbitmq-server (apt) if missing; tests and demo start private ones
+	@scripts/install-brokers.sh
 
 .PHONY: localstack-venv
 localstack-venv: ## LocalStack's own venv (Python >= 3.13) for the LocalStack tests (they also build it)
@@ -41,7 +41,7 @@ lint: venv ## ruff and mypy (strict on the package)
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: venv services lint ## Everything CI runs: lint, types, pytest (real Redis, Celery, terraform, moto)
+test: venv services lint ## Everything CI runs: lint, types, pytest (private Redis and RabbitMQ, Celery, terraform, moto)
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 # An offline provider mirror if this machine has one (a folder holding registry.terraform.io/);
@@ -51,7 +51,7 @@ TF_PLUGIN_DIR ?= $(shell test -d /opt/tf-plugins/registry.terraform.io && echo /
 
 .PHONY: demo
 demo: venv ## The scaler against local Redis and moto (QUICK=1 for the short run)
-	@command -v redis-server >/dev/null || scripts/ensure-redis.sh
+	@scripts/install-brokers.sh redis-server
 	PYTHONPATH=examples/local TF_PLUGIN_DIR="$(TF_PLUGIN_DIR)" $(PY) -m demo.main $(if $(QUICK),--quick,)
 
 .PHONY: bench

@@ -5,16 +5,21 @@ Writes Celery-shaped messages under a fresh key prefix (so it never touches a re
 db 0), measures, prints a table and deletes its keys. A number, not a test: CI never asserts on it.
 
     python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21]
+
+Without ``--redis-url`` it starts a redis-server of its own on a free loopback port (tests/brokers.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -118,11 +123,21 @@ def _batches(keys: Any, size: int) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/2")
+    parser.add_argument("--redis-url", help="a Redis to use (default: a private redis-server, stopped after)")
     parser.add_argument("--runs", type=int, default=21, help="ticks per size; the median is printed")
     parser.add_argument("--messages", type=int, default=3, help="waiting messages per queue")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.redis_url is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from brokers import RedisServer  # the tests' launcher
 
+            args.redis_url = stack.enter_context(RedisServer()).url(2)
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Fill, measure and clean up each size in turn on ``args.redis_url``."""
     print(f"Redis probe, {args.messages} waiting + 1 in-flight message per queue, median of {args.runs} ticks")
     print(f"{'queues':>7} {'keys':>6} {'tick ms':>9} {'trips':>6} {'scan tick ms':>13} {'trips':>6}")
     for count in QUEUE_COUNTS:

@@ -1,8 +1,13 @@
-"""Fixtures shared by every test file: a real Redis database of our own, and condition waits."""
+"""Fixtures shared by every test file: a real Redis of our own (and a RabbitMQ node), and condition waits.
+
+The tests' Redis is a private ``redis-server`` on a free loopback port with a throwaway data
+directory, started on first use and stopped at the end of the session; ``TEST_REDIS_PORT`` (and
+``TEST_REDIS_HOST``) name an existing server to use instead, whose dbs 1-12 the tests then flush.
+``REDIS_HOST``, ``REDIS_PORT`` and ``redis_url_for`` (from tests/brokers.py) always point at that server.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,29 +16,65 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
 sys.path.insert(0, str(ROOT / "tests"))
 # The local demo's package: the worker helper's tests use its fake ECS agent.
 sys.path.insert(0, str(ROOT / "examples" / "local"))
 
-
-def redis_url_for(db: int) -> str:
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+from brokers import RabbitBroker, RabbitNode, redis_url_for, session_redis, stop_session_redis  # noqa: E402
 
 
-# Test files own distinct db numbers so they never touch a user's db 0 or each other's keys.
+def __getattr__(name: str) -> object:
+    """``REDIS_HOST`` and ``REDIS_PORT`` start the private server only when a test file asks for them."""
+    if name == "REDIS_HOST":
+        return session_redis().host
+    if name == "REDIS_PORT":
+        return session_redis().port
+    raise AttributeError(name)
+
+
+__all__ = ["ROOT", "redis_url_for"]
+
+
+# Test files own distinct db numbers so they never touch each other's keys.
 @pytest.fixture
 def redis_db(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     """A flushed Redis db for one test; the db number comes from ``@pytest.mark.redis_db(N)`` (default 9)."""
     marker = request.node.get_closest_marker("redis_db")
     db = marker.args[0] if marker else 9
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    server = session_redis()
+    client = redis.Redis(host=server.host, port=server.port, db=db)
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitBroker]:
+    """A private RabbitMQ node with the management plugin, for the whole session (about 5 s to start).
+
+    It has its own node name, free loopback ports, Erlang cookie and port mapper, and its files in a
+    temporary directory; the machine's RabbitMQ (5672) is never contacted. Use it as::
+
+        def test_x(rabbitmq: RabbitBroker) -> None:
+            with kombu.Connection(rabbitmq.amqp_url) as conn: ...          # AMQP, vhost "/"
+            rabbitmq.management_get("/api/queues/%2F")                      # management API, JSON
+            # or basic auth yourself: rabbitmq.management_url, rabbitmq.user, rabbitmq.password
+
+    The node is shared by the session: give queues names of the test's own and delete them after.
+    Only this node is stopped (``rabbitmqctl -n NODE stop``) at the end.
+    """
+    node = RabbitNode()
+    broker = node.start()
+    try:
+        yield broker
+    finally:
+        node.stop()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis_db(n): the Redis db number a test owns")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_session_redis()

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+from brokers import redis_url_for
 from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Exchange, Queue
@@ -75,7 +76,7 @@ def make_app(
 
 
 app = make_app(
-    os.environ.get("PROBE_APP_BROKER_URL", "redis://127.0.0.1:6379/9"),
+    os.environ.get("PROBE_APP_BROKER_URL") or redis_url_for(9),
     acks_late=os.environ.get("PROBE_APP_ACKS_LATE") == "1",
     transport_options=json.loads(os.environ.get("PROBE_APP_TRANSPORT_OPTIONS", "{}")),
 )

@@ -12,12 +12,13 @@ from typing import Any
 
 import redis
 from apps.worker_keys import AT_SIGTERM, DONE, PUBLISHED_AT, QUEUE, READY, STARTED
+from brokers import redis_url_for
 from celery import Celery, Task, signals
 from celery.worker import state as worker_state
 
 from celery_autoscaler import worker as autoscaler_worker
 
-BROKER_URL = os.environ.get("SAFE_BROKER_URL", "redis://127.0.0.1:6379/6")
+BROKER_URL = os.environ.get("SAFE_BROKER_URL") or redis_url_for(6)
 
 
 def _env_float(name: str) -> float | None:
