@@ -1,8 +1,9 @@
 """`make demo QUICK=1` end to end: terraform apply of examples/local on moto, real workers, the real scaler.
 
 The demo runs as a user runs it (a subprocess of ``python -m demo.main --quick``) in this file's own
-Redis db (8; the demo clears it first, the fixture after). The checks read what the demo wrote:
-``summary.json``, the event log, and the records the tasks themselves left in Redis.
+Redis db (8) of the tests' Redis, given as ``--redis-url``, where it must remove exactly the keys it
+created. The checks read what the demo wrote: ``summary.json``, the event log, and ``tasks.json``
+(the records the load generator and the tasks themselves left in Redis).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def _changes(events: list[dict[str, Any]], pool: str) -> list[tuple[float, int, 
     ]
 
 
+# A key of someone else's in the demo's db: the demo must leave it as it was.
+FOREIGN_KEY, FOREIGN_VALUE = "someone-else:config", b"keep me"
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One QUICK run shared by the checks below (it takes a few minutes); db 8 is flushed after."""
@@ -57,13 +62,24 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "examples" / "local")}
     env.pop("DEMO_AWS_ENDPOINT", None)  # always our own emulator
     command = [sys.executable, "-m", "demo.main", "--quick", "--out", str(out), "--redis-url", redis_url_for(8)]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     client = redis.Redis.from_url(redis_url_for(8))
+    client.flushdb()
+    client.set(FOREIGN_KEY, FOREIGN_VALUE)
     try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, f"demo failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         yield out
     finally:
         client.flushdb()
+        client.close()
+
+
+def test_the_demo_removes_exactly_the_keys_it_created(demo_run: Path) -> None:
+    client = redis.Redis.from_url(redis_url_for(8))
+    try:
+        assert client.keys("*") == [FOREIGN_KEY.encode()]
+        assert client.get(FOREIGN_KEY) == FOREIGN_VALUE
+    finally:
         client.close()
 
 
@@ -75,13 +91,11 @@ def test_every_task_sent_completes_exactly_once(demo_run: Path) -> None:
     assert summary["tasks_lost"] == 0
     assert summary["tasks_duplicated"] == 0
     # The same from the tasks' own records: each id sent ran once, and nothing else ran.
-    client = redis.Redis.from_url(redis_url_for(8))
-    sent = set(client.hkeys("demo:sent"))
-    runs = client.hgetall("demo:runs")
-    client.close()
+    records = json.loads((demo_run / "tasks.json").read_text())
+    sent, runs = set(records["sent"]), records["runs"]
     assert len(sent) == summary["tasks_sent"]
     assert set(runs) == sent
-    assert {int(count) for count in runs.values()} == {1}
+    assert set(runs.values()) == {1}
 
 
 def test_each_pool_scales_up_from_zero_and_back_to_zero(demo_run: Path) -> None:

@@ -1,7 +1,8 @@
 """`make demo`: Redis, an AWS emulator, `terraform apply` of examples/local, real workers, the real scaler.
 
-Everything it starts it stops again, and only that: an already answering Redis is used as is (the
-demo works in its own db, 12 by default, which it clears), the emulator is our own unless
+Everything it starts it stops again, and only that: Redis is a private redis-server on a free
+loopback port (its data in a temporary directory) unless ``--redis-url``/``DEMO_REDIS_URL`` names
+one, where the demo then removes exactly the keys its run created; the emulator is our own unless
 ``--aws-endpoint`` names one that answers.
 """
 
@@ -11,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,14 +32,15 @@ from celery_autoscaler.state import DynamoStateStore
 from celery_autoscaler.telemetry import Telemetry
 from celery_autoscaler.tick import run_tick
 from demo.events import EventLog, read_events
-from demo.loadgen import LoadGenerator
+from demo.loadgen import SENT_KEY, LoadGenerator
 from demo.profiles import DEFAULT, QUICK, Profile
-from demo.report import DONE_KEY, build_summary, plot_timeline
+from demo.report import DONE_KEY, RUNS_KEY, build_summary, plot_timeline, task_records
 from demo.runner import APP_DIR, TaskRunner, load_container
 from demo.view import LiveView
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_DIR = ROOT / "examples" / "local"
+sys.path.insert(0, str(ROOT / "tests"))  # the launchers the tests use: brokers.py, emulator.py
 REGION = "us-east-1"
 
 
@@ -85,32 +86,47 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+class DemoRedis:
+    """The run's Redis, and the keys its db held before the run (which the run must neither read nor remove)."""
+
+    def __init__(self, url: str, existing: set[bytes]) -> None:
+        self.url = url
+        self.existing = existing
+
+    def refuse_clashes(self, queues: Sequence[str]) -> None:
+        """Stop before the load starts if the db already holds the demo's records or its queues."""
+        ours = {name.encode() for name in (SENT_KEY, DONE_KEY, RUNS_KEY, *queues)}
+        clash = sorted(key.decode() for key in self.existing & ours)
+        if clash:
+            raise SystemExit(f"the Redis db already holds {clash}: point --redis-url at a db without them")
+
+
 @contextlib.contextmanager
-def ensure_redis(url: str, out: Path) -> Iterator[None]:
-    """Use the Redis that answers at ``url``; otherwise start one on loopback and stop it after."""
-    if redis_answers(url):
-        yield
+def demo_redis(url: str | None) -> Iterator[DemoRedis]:
+    """A private redis-server for the run (stopped after), or the Redis at ``url``, left as it was found.
+
+    On a given Redis the keys that did not exist when the run started are removed at the end (its
+    queues, bindings, results and records): everything else in that db is never touched.
+    """
+    if url is None:
+        from brokers import RedisServer
+
+        with RedisServer() as server:
+            log(f"started redis-server on 127.0.0.1:{server.port} (stopped at the end)")
+            yield DemoRedis(server.url(0), set())
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("No Redis answers and redis-server is not installed: run `make services` or install Redis.")
-    port = str(urlparse(url).port or 6379)
-    log(f"starting redis-server on 127.0.0.1:{port}")
-    process = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no"],
-        stdout=(out / "redis.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    if not redis_answers(url):
+        raise SystemExit("No Redis answers at --redis-url / DEMO_REDIS_URL (leave it unset for a private one).")
+    client = redis.Redis.from_url(url)
+    existing = set(client.scan_iter(count=1000))
     try:
-        deadline = time.monotonic() + 30
-        while not redis_answers(url):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit(f"redis-server did not answer on port {port} (see {out / 'redis.log'})")
-            time.sleep(0.2)
-        yield
+        yield DemoRedis(url, existing)
     finally:
-        process.terminate()
-        process.wait(30)
+        created = [key for key in client.scan_iter(count=1000) if key not in existing]
+        for start in range(0, len(created), 500):
+            client.unlink(*created[start : start + 500])
+        log(f"removed the {len(created)} keys this run created; the {len(existing)} keys found were left alone")
+        client.close()
 
 
 def emulator_answers(endpoint: str) -> bool:
@@ -129,7 +145,6 @@ def ensure_emulator(endpoint: str | None, out: Path) -> Iterator[str]:
         log(f"using the AWS emulator at {endpoint}")
         yield endpoint
         return
-    sys.path.insert(0, str(ROOT / "tests"))
     from emulator import EmulatorProcess  # the same launcher the Terraform tests use
 
     emulator = EmulatorProcess(log_path=out / "moto.log")
@@ -210,13 +225,13 @@ def applied(terraform: Terraform) -> Iterator[Terraform]:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog) -> dict[str, Any]:
+def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog, db: DemoRedis) -> dict[str, Any]:
     """Start the runner and the load, tick the scaler until the load is over and every pool is at 0."""
     ecs = boto3.client("ecs")
     secrets = boto3.client("secretsmanager")
     url = broker_url(config.broker, secrets)  # as the Lambda gets it: from the module's secret
+    db.refuse_clashes(config.queues)
     results = redis.Redis.from_url(url)
-    results.flushdb()  # the demo's own db: queues, results and bindings of an earlier run go
     pools = {pool.name: pool.service for pool in config.pools}
     containers = {name: load_container(ecs, secrets, config.cluster, service) for name, service in pools.items()}
     runner = TaskRunner(
@@ -294,12 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the short profile (under 3 minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out", help="where summary.json, timeline.png go")
     parser.add_argument(
-        "--redis-url", default=os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/12"), help="a db of its own"
+        "--redis-url",
+        default=os.environ.get("DEMO_REDIS_URL"),
+        help="a Redis db to use instead of a private redis-server (only the keys the run creates are removed)",
     )
     parser.add_argument("--aws-endpoint", default=os.environ.get("DEMO_AWS_ENDPOINT"), help="an emulator to reuse")
     args = parser.parse_args(argv)
-    if urlparse(args.redis_url).path.strip("/") in {"", "0"}:
-        parser.error("--redis-url must name a db of the demo's own (not 0): the demo clears it")
+    if args.redis_url is not None and urlparse(args.redis_url).path.strip("/") in {"", "0"}:
+        parser.error("--redis-url must name a db other than 0, where apps keep their queues")
     profile = QUICK if args.quick else DEFAULT
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"profile {profile.name}; output in {out}")
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(ensure_redis(args.redis_url, out))
+        db = stack.enter_context(demo_redis(args.redis_url))
         endpoint = stack.enter_context(ensure_emulator(args.aws_endpoint, out))
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
@@ -322,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             out,
             {
                 "aws_endpoint": endpoint,
-                "redis_url": args.redis_url,
+                "redis_url": db.url,
                 "tick_interval_seconds": f"{profile.tick_interval_s:g}",
                 "scale_in_window_seconds": f"{profile.scale_in_window_s:g}",
                 "idle_window_seconds": f"{profile.idle_window_s:g}",
@@ -332,10 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(terraform.output("scaler_config"))
         events = EventLog(out / "events.jsonl")
         stack.callback(events.close)
-        ran = run(profile, config, out, events)
+        ran = run(profile, config, out, events, db)
         events.close()
         all_events = read_events(out / "events.jsonl")
-        summary = build_summary(ran["results"], all_events, ran["pools"])
+        records = task_records(ran["results"])
+        (out / "tasks.json").write_text(json.dumps(records) + "\n")
+        summary = build_summary(records, all_events, ran["pools"])
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_timeline(all_events, ran["pools"], out / "timeline.png")
     log(f"done in {time.monotonic() - started:.0f} s: {out / 'summary.json'}, {out / 'timeline.png'}")

@@ -53,11 +53,18 @@ def scaler_changes(events: list[dict[str, Any]]) -> dict[str, list[tuple[float, 
     return changes
 
 
-def build_summary(results: redis.Redis, events: list[dict[str, Any]], pools: list[str]) -> dict[str, Any]:
+def task_records(results: redis.Redis) -> dict[str, dict[str, Any]]:
+    """The records of the run, by task id: ``sent`` (the load generator's), ``done`` and ``runs`` (the tasks')."""
+    return {
+        "sent": {_text(k): json.loads(v) for k, v in results.hgetall(SENT_KEY).items()},
+        "done": {_text(k): json.loads(v) for k, v in results.hgetall(DONE_KEY).items()},
+        "runs": {_text(k): int(v) for k, v in results.hgetall(RUNS_KEY).items()},
+    }
+
+
+def build_summary(records: dict[str, dict[str, Any]], events: list[dict[str, Any]], pools: list[str]) -> dict[str, Any]:
     """Exactly the keys issue #3 names (other checks read the event log)."""
-    sent = {_text(k): json.loads(v) for k, v in results.hgetall(SENT_KEY).items()}
-    done = {_text(k): json.loads(v) for k, v in results.hgetall(DONE_KEY).items()}
-    runs = {_text(k): int(v) for k, v in results.hgetall(RUNS_KEY).items()}
+    sent, done, runs = records["sent"], records["done"], records["runs"]
     completed = [task_id for task_id in sent if task_id in done]
     waits = [done[i]["started_at"] - sent[i]["sent_at"] for i in completed]
     end_t = events[-1]["t"] if events else 0.0
