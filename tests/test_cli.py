@@ -70,13 +70,9 @@ def test_measure_json_counts_waiting_priorities_and_unacked(redis_db: redis.Redi
     run = cli("measure", "--broker-url", redis_url_for(DB), "--queue", "celery", "--queue", "mail", "--json")
     assert run.returncode == 0, run.stderr
     body = json.loads(run.stdout)
-    assert body == {
-        "queues": {
-            "celery": {"waiting": 8, "unacked": 0, "oldest_age_s": body["queues"]["celery"]["oldest_age_s"]},
-            "mail": {"waiting": 1, "unacked": 1, "oldest_age_s": body["queues"]["mail"]["oldest_age_s"]},
-        },
-        "unacked_total": 1,
-    }
+    counts = {name: (q["waiting"], q["unacked"], q["error"]) for name, q in body["queues"].items()}
+    assert counts == {"celery": (8, 0, None), "mail": (1, 1, None)}
+    assert body["unacked_total"] == 1
 
 
 def test_measure_with_key_prefix_and_separator(redis_db: redis.Redis) -> None:

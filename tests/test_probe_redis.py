@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import re
+import shlex
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -16,12 +18,14 @@ import redis
 from apps.probe_app import DONE, RELEASE, ROUTED_QUEUES, STARTED, make_app
 from apps.workers import WorkerProcess
 from celery_apps import celery_worker
-from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
+from conftest import REDIS_HOST, REDIS_PORT, ROOT, redis_url_for
+from kombu import Connection, Exchange, Queue
 from waiting import wait_until
 
-from celery_autoscaler.config import BrokerConfig
-from celery_autoscaler.probe import BrokerUnavailableError
-from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.config import BrokerConfig, ConfigError
+from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
+from celery_autoscaler.probe import BrokerUnavailableError, probe_for
+from celery_autoscaler.probe.redis import MAX_CLOCK_SKEW_S, MAX_MESSAGE_BYTES, RedisProbe
 
 SEP = "\x06\x16"
 HEADER = "x_published_at"
@@ -227,17 +231,26 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
     assert (measured.queues["later"].waiting, measured.unacked_total) == (3, 0)
 
 
+def readme_acl_line() -> str:
+    """The README's Redis ACL recipe, verbatim: the one line of its ``redis-acl`` code block."""
+    blocks = re.findall(r"^```redis-acl\n(.*?)^```", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1
+    (line,) = blocks[0].strip().splitlines()
+    return str(line)
+
+
 @contextmanager
 def read_only_user(client: redis.Redis) -> Iterator[str]:
-    """An ACL user with only the commands the probe needs (the README's recipe); removed afterwards."""
-    name = f"probe_ro_{os.getpid()}"
-    client.execute_command(
-        "ACL", "SETUSER", name, "on", ">secret", "~*", "-@all",
-        *["+ping", "+hello", "+auth", "+client|setname", "+select"],
-        *["+llen", "+lindex", "+hlen", "+hscan", "+smembers"],
-    )  # fmt: skip
+    """The README's ACL user, created by redis-cli from the recipe as written; removed afterwards."""
+    line = readme_acl_line()
+    words = shlex.split(line)
+    assert words[:2] == ["ACL", "SETUSER"]
+    name, password = words[2], next(w[1:] for w in words if w.startswith(">"))
+    cli = ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT)]
+    ran = subprocess.run(cli, input=line + "\n", capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == "OK", ran.stdout + ran.stderr
     try:
-        yield f"redis://{name}:secret@{REDIS_HOST}:{REDIS_PORT}/{db_of(client)}"
+        yield f"redis://{name}:{password}@{REDIS_HOST}:{REDIS_PORT}/{db_of(client)}"
     finally:
         client.execute_command("ACL", "DELUSER", name)
 
@@ -274,8 +287,11 @@ def test_hundred_queues_in_one_round_trip(redis_db: redis.Redis) -> None:
             for priority in (0, 4, 9):
                 app.tasks["probe.noop"].apply_async(queue=queue, priority=priority, producer=producer)
     client, sent = counting_client(redis_url_for(3))
+    probe = RedisProbe(BrokerConfig(), client=client)
+    probe.measure(queues)  # the first tick also lists kombu's binding sets (then every scan interval)
+    sent[0] = 0
 
-    measured = RedisProbe(BrokerConfig(), client=client).measure(queues)
+    measured = probe.measure(queues)
 
     assert sent[0] == 1
     assert all(measured.queues[q].waiting == 3 for q in queues)
@@ -315,12 +331,13 @@ def test_without_the_header_age_counts_from_first_seen(redis_db: redis.Redis) ->
     now = [1000.0]
     probe = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now[0])
 
-    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 0.0
+    # The first sighting cannot know how long the message waited: unknown, not 0.
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s is None
     now[0] = 1030.0
     assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 30.0
     redis_db.rpop("plain")  # a worker took the oldest; the next one is new to the probe
     now[0] = 1040.0
-    assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 0.0
+    assert probe.measure(["plain"]).queues["plain"].oldest_age_s is None
     now[0] = 1045.0
     assert probe.measure(["plain"]).queues["plain"].oldest_age_s == 5.0
     redis_db.delete("plain")
@@ -389,3 +406,148 @@ def test_needs_exactly_one_of_url_and_client() -> None:
         RedisProbe(BrokerConfig())
     with pytest.raises(ValueError, match="exactly one"):
         RedisProbe(BrokerConfig(), url=redis_url_for(3), client=redis.Redis())
+
+
+def declare(url: str, *queues: str, prefix: str = "") -> None:
+    """Declare ``queues`` as a Celery app does (kombu's binding sets), whatever kombu cached in this process."""
+    options = {"global_keyprefix": prefix} if prefix else {}
+    with Connection(url, transport_options=options) as connection:
+        for name in queues:
+            Queue(name, Exchange(name), routing_key=name, channel=connection.default_channel).declare()
+
+
+@pytest.mark.redis_db(3)
+def test_a_key_of_the_wrong_type_makes_only_its_queue_unreadable(redis_db: redis.Redis) -> None:
+    redis_db.lpush("good", json.dumps({"headers": {"id": "t1", HEADER: time.time()}}))
+    redis_db.set("stray", "a string sharing a queue's name")
+    redis_db.hset(f"other{SEP}3", "field", "a hash sharing a priority sub-list's name")
+    probe = RedisProbe.from_config(BrokerConfig(), redis_url_for(3))
+
+    measured = probe.measure(["good", "stray", "other"])
+
+    assert (measured.queues["good"].waiting, measured.queues["good"].error) == (1, None)
+    for queue, key in (("stray", "stray"), ("other", f"other{SEP}3")):
+        error = measured.queues[queue].error
+        assert error is not None
+        assert "WRONGTYPE" in error
+        assert repr(key) in error
+
+    redis_db.set("unacked", "not a hash")  # every pool's demand needs it: the broker as a whole is unreadable
+    with pytest.raises(BrokerUnavailableError, match=r"'unacked'.*WRONGTYPE"):
+        probe.measure(["good"])
+
+
+@pytest.mark.redis_db(3)
+def test_worker_counters_come_in_the_same_round_trip(redis_db: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    redis_db.hset(stats_key("", "work"), mapping={COMPLETED_FIELD: 7, RUN_MS_FIELD: 2500})
+    redis_db.set(stats_key("", "broken"), "not a hash")
+    redis_db.lpush("broken", json.dumps({"headers": {"id": "t1"}}))
+    client, sent = counting_client(redis_url_for(3))
+    probe = RedisProbe(BrokerConfig(), client=client)
+    probe.measure(["work"])
+    sent[0] = 0
+
+    with caplog.at_level(logging.WARNING, logger="celery_autoscaler.probe.redis"):
+        measured = probe.measure(["work", "idle", "broken"])
+
+    assert sent[0] == 1
+    work, idle, broken = (measured.queues[q] for q in ("work", "idle", "broken"))
+    assert (work.completed, work.run_seconds) == (7, 2.5)
+    assert (idle.completed, idle.run_seconds) == (None, None)
+    assert (broken.waiting, broken.error, broken.completed) == (1, None, None)  # the queue itself is fine
+    assert any(stats_key("", "broken") in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.redis_db(3)
+def test_a_queue_no_app_declared_is_reported_on_every_tick(
+    redis_db: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    declare(redis_url_for(3), "celery", prefix="tenant1:")
+    clock = [1000.0]
+    probe = RedisProbe(BrokerConfig(key_prefix="tenant1:", unacked_scan_interval_s=60), url=redis_url_for(3),
+                       clock=lambda: clock[0])  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="celery_autoscaler.probe.redis"):
+        for _ in range(2):
+            measured = probe.measure(["celery", "celry"])
+            assert (measured.queues["celery"].declared, measured.queues["celry"].declared) == (True, False)
+    warnings = [r.getMessage() for r in caplog.records if "'celry'" in r.getMessage()]
+    assert len(warnings) == 2
+    assert all("db 3" in w and "'tenant1:'" in w for w in warnings)
+
+    unprefixed = RedisProbe(BrokerConfig(), url=redis_url_for(3)).measure(["celery"])
+    assert unprefixed.queues["celery"].declared is False  # the prefix is missing from the config
+
+    declare(redis_url_for(3), "celry", prefix="tenant1:")  # seen at the next binding read, not before
+    assert probe.measure(["celry"]).queues["celry"].declared is False
+    clock[0] += 60
+    assert probe.measure(["celry"]).queues["celry"].declared is True
+
+
+POISON_TAILS = {
+    "not JSON": b"\xff\xfe not json",
+    "deeply nested": b"[" * 200_000 + b"]" * 200_000,
+    "nested headers": json.dumps({"headers": {"id": "t", HEADER: [[[[1]]]]}}).encode(),
+    "huge integer stamp": b'{"headers": {"id": "t", "x_published_at": 1' + b"0" * 400 + b"}}",
+    "too many digits": b'{"headers": {"id": "t", "x_published_at": 1' + b"0" * 5000 + b"}}",
+    "float overflow": b'{"headers": {"x_published_at": 1e999}}',
+    "NaN literal": b'{"headers": {"x_published_at": NaN}}',
+    "over the size cap": json.dumps({"headers": {"id": "t", HEADER: 1.0}, "body": "x" * MAX_MESSAGE_BYTES}).encode(),
+    "date out of range": json.dumps({"headers": {"id": "t", HEADER: "9999-12-31T23:59:59-23:59"}}).encode(),
+}
+
+
+@pytest.mark.redis_db(3)
+@pytest.mark.parametrize("poison", list(POISON_TAILS))
+def test_poison_messages_count_as_waiting_with_age_unknown(
+    redis_db: redis.Redis, poison: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_db.lpush("poisoned", POISON_TAILS[poison])
+    entry = [{"headers": {"eta": POISON_TAILS[poison].decode("latin-1")}}, "", "poisoned"]
+    huge_eta = b'[{"headers": {"eta": 1' + b"0" * 400 + b'}}, "", "poisoned"]'
+    redis_db.hset("unacked", mapping={"whole": POISON_TAILS[poison], "eta": json.dumps(entry), "huge-eta": huge_eta})
+    probe = RedisProbe(BrokerConfig(), url=redis_url_for(3))
+
+    with caplog.at_level(logging.WARNING, logger="celery_autoscaler.probe.redis"):
+        measured = probe.measure(["poisoned"])
+
+    queue = measured.queues["poisoned"]
+    assert (queue.waiting, queue.oldest_age_s, queue.error) == (1, None, None)
+    # The whole-entry poison is in unacked_total only; an unreadable ETA counts the entry as in flight.
+    assert queue.unacked == (1 if poison == "over the size cap" else 2)
+    assert measured.unacked_total == 3
+    assert any("'poisoned'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.redis_db(3)
+@pytest.mark.parametrize("stamp", [0, -5, "NaN", "-inf", "inf", 1e300, "far future"])
+def test_an_implausible_publish_time_is_not_believed(redis_db: redis.Redis, stamp: object) -> None:
+    now = [1_800_000_000.0]
+    value = now[0] + 86_400 if stamp == "far future" else stamp
+    redis_db.lpush("stamped", json.dumps({"headers": {"id": "t1", HEADER: value}}))
+    probe = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now[0])
+
+    assert probe.measure(["stamped"]).queues["stamped"].oldest_age_s is None  # first seen: unknown
+    now[0] += 20
+    assert probe.measure(["stamped"]).queues["stamped"].oldest_age_s == 20.0  # since first seen
+
+
+@pytest.mark.redis_db(3)
+def test_a_stamp_within_the_clock_skew_allowance_is_now(redis_db: redis.Redis) -> None:
+    now = 1_800_000_000.0
+    redis_db.lpush("ahead", json.dumps({"headers": {"id": "t1", HEADER: now + MAX_CLOCK_SKEW_S / 2}}))
+    measured = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["ahead"])
+    assert measured.queues["ahead"].oldest_age_s == 0.0
+
+
+def test_the_factory_picks_the_probe_by_scheme() -> None:
+    for url in ("redis://localhost:6379/0", "rediss://user:pw@cache.example:6380/2"):
+        assert isinstance(probe_for(BrokerConfig(), url), RedisProbe)
+    with pytest.raises(
+        ConfigError, match=r"broker\.url: unsupported scheme amqp:// \(supported: redis://, rediss://\)"
+    ):
+        probe_for(BrokerConfig(), "amqp://guest:guest@localhost//")
+    with pytest.raises(ConfigError, match="--broker-url") as raised:
+        probe_for(BrokerConfig(), "redis://user:hunter2@localhost:hunter2/0", field="--broker-url")
+    assert "hunter2" not in str(raised.value)
+    assert raised.value.__cause__ is None

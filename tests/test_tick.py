@@ -326,7 +326,8 @@ def test_telemetry_one_log_line_per_pool_and_emf_per_pool_and_queue(rig: Rig) ->
     default_log = logs[0]
     assert default_log["message"] == "pool tick"
     assert default_log["measurements"]["waiting"] == 10
-    assert default_log["measurements"]["queues"]["celery"] == {"waiting": 10, "unacked": 0, "oldest_age_s": 30.0}
+    celery = default_log["measurements"]["queues"]["celery"]
+    assert (celery["waiting"], celery["unacked"], celery["oldest_age_s"], celery["error"]) == (10, 0, 30.0, None)
     assert default_log["reason"].startswith("burst")
     assert default_log["acted"] is True
 
@@ -345,7 +346,10 @@ def test_telemetry_one_log_line_per_pool_and_emf_per_pool_and_queue(rig: Rig) ->
         "RunningCount",
         "ScalingActions",
         "ScalerErrors",
+        "UnreadableQueues",
+        "UndeclaredQueues",
     }
+    assert pool_doc["UnreadableQueues"] == 0
     assert (pool_doc["QueueDepth"], pool_doc["DesiredCount"], pool_doc["ScalingActions"]) == (10, 3, 1)
     queue_docs = {d["Queue"]: d for d in emf if d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Pool", "Queue"]]}
     assert set(queue_docs) == {"celery", "mail", "video"}

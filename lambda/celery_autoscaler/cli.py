@@ -1,7 +1,8 @@
 """``celery-autoscaler``: measure queues, or run one scaler tick, from a shell.
 
-Exit codes: 0 ok, 1 the tick ran but some pool failed (ECS or state), 2 bad config or arguments
-(the message names the field), 3 broker unreachable.
+Exit codes: 0 ok, 1 the tick ran but some pool failed (ECS, state, or one of its queues unreadable;
+for ``measure``: a queue unreadable), 2 bad config or arguments (the message names the field),
+3 broker unreachable.
 
 Subcommands register themselves through :data:`SUBCOMMANDS`: a new one is one function that adds
 its parser (with ``set_defaults(run=...)``) plus one entry in that list.
@@ -25,7 +26,7 @@ from celery_autoscaler.config import (
     ConfigError,
     load_config,
 )
-from celery_autoscaler.probe import BrokerUnavailableError
+from celery_autoscaler.probe import BrokerUnavailableError, probe_for
 from celery_autoscaler.sim.command import add_subcommand as add_simulate
 
 EXIT_OK = 0
@@ -40,7 +41,9 @@ def _unescape(value: str) -> str:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
+    from celery_autoscaler.telemetry import json_safe
+
+    print(json.dumps(json_safe(value), indent=2, sort_keys=False, allow_nan=False))
 
 
 # --- measure -------------------------------------------------------------------------------------
@@ -48,11 +51,7 @@ def _print_json(value: Any) -> None:
 
 def run_measure(args: argparse.Namespace) -> int:
     """Read the named queues once, attributing unacked messages at once (not at the Lambda's cadence)."""
-    from celery_autoscaler.probe.redis import RedisProbe
-
     url: str = args.broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        raise ConfigError("--broker-url", "must start with redis:// or rediss://")
     if not args.priority_sep:
         raise ConfigError("--priority-sep", "must not be empty")
     broker = BrokerConfig(
@@ -63,29 +62,34 @@ def run_measure(args: argparse.Namespace) -> int:
         unacked_scan_interval_s=0,
         unacked_scan_cap=args.unacked_scan_cap,
     )
-    probe = RedisProbe.from_config(broker, url)
+    probe = probe_for(broker, url, field="--broker-url")
     try:
         measured = probe.measure(args.queue)
-    except ValueError as exc:  # redis-py rejects a malformed URL only when it connects
-        raise ConfigError("--broker-url", str(exc)) from exc
     finally:
         probe.close()
     queues = {name: q.summary() for name, q in measured.queues.items()}
+    for name, q in measured.queues.items():
+        if q.declared is False:
+            print(f"celery-autoscaler: queue {name!r} was never declared by a Celery app here", file=sys.stderr)
+        if q.error is not None:
+            print(f"celery-autoscaler: queue {name!r} unreadable: {q.error}", file=sys.stderr)
+    status = EXIT_POOL_FAILED if any(q.error is not None for q in measured.queues.values()) else EXIT_OK
     if args.json:
         _print_json({"queues": queues, "unacked_total": measured.unacked_total})
-        return EXIT_OK
+        return status
     print(f"{'queue':<30} {'waiting':>8} {'unacked':>8} {'oldest_s':>9}")
-    for name, q in queues.items():
-        age = "-" if q["oldest_age_s"] is None else f"{q['oldest_age_s']:.1f}"
-        unacked = "?" if q["unacked"] is None else str(q["unacked"])
-        print(f"{name:<30} {q['waiting']:>8} {unacked:>8} {age:>9}")
+    for name, row in queues.items():
+        age = "-" if row["oldest_age_s"] is None else f"{row['oldest_age_s']:.1f}"
+        unacked = "?" if row["unacked"] is None else str(row["unacked"])
+        note = " unreadable" if row["error"] is not None else " (not declared)" if row["declared"] is False else ""
+        print(f"{name:<30} {row['waiting']:>8} {unacked:>8} {age:>9}{note}")
     print(f"unacked in total: {measured.unacked_total}")
-    return EXIT_OK
+    return status
 
 
 def add_measure(subparsers: Any) -> None:
     parser = subparsers.add_parser("measure", help="print waiting, unacked and age of Celery queues on Redis")
-    parser.add_argument("--broker-url", required=True, help="redis:// or rediss:// URL, db in the path")
+    parser.add_argument("--broker-url", required=True, help="broker URL: redis:// or rediss://, db in the path")
     parser.add_argument("--queue", action="append", required=True, help="queue name (repeat for more)")
     parser.add_argument("--key-prefix", default="", help="Celery's global_keyprefix (default none)")
     parser.add_argument(
@@ -111,7 +115,6 @@ def add_measure(subparsers: Any) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """One real tick against AWS (or ``AWS_ENDPOINT_URL*``), printing what each pool saw and decided."""
     from celery_autoscaler.ecs import EcsActuator
-    from celery_autoscaler.probe.redis import RedisProbe
     from celery_autoscaler.secrets import broker_url
     from celery_autoscaler.state import DynamoStateStore, InMemoryStateStore, ReadOnlyStateStore, StateStore
     from celery_autoscaler.tick import run_tick
@@ -125,7 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     store: StateStore = InMemoryStateStore() if config.state_table is None else DynamoStateStore(config.state_table)
     if dry_run:
         store = ReadOnlyStateStore(store)
-    probe = RedisProbe.from_config(config.broker, broker_url(config.broker))
+    probe = probe_for(config.broker, broker_url(config.broker))
     try:
         result = run_tick(config, probe, EcsActuator(config.cluster), store, time.time(), dry_run=dry_run)
     finally:

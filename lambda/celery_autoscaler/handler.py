@@ -16,8 +16,7 @@ from typing import Any
 
 from celery_autoscaler.config import ConfigError, ScalerConfig, load_config
 from celery_autoscaler.ecs import Actuator, EcsActuator
-from celery_autoscaler.probe import Probe
-from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.probe import Probe, probe_for
 from celery_autoscaler.secrets import broker_url
 from celery_autoscaler.state import DynamoStateStore, StateStore
 from celery_autoscaler.telemetry import Telemetry
@@ -50,7 +49,7 @@ def runtime() -> Runtime:
         raise ConfigError("state_table", "is required in Lambda: the state table makes overlapping ticks safe")
     return Runtime(
         config=config,
-        probe=RedisProbe.from_config(config.broker, broker_url(config.broker)),
+        probe=probe_for(config.broker, broker_url(config.broker)),
         actuator=EcsActuator(config.cluster),
         store=DynamoStateStore(config.state_table),
         telemetry=Telemetry(config.metrics_namespace),

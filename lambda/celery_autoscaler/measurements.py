@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,15 @@ class QueueMeasurement:
     completed: int | None = None
     run_seconds: float | None = None
 
-    def summary(self) -> dict[str, int | float | None]:
+    def summary(self) -> dict[str, int | float | str | bool | None]:
         """The JSON the CLI prints and the tick logs for a queue."""
-        return {"waiting": self.waiting, "unacked": self.unacked, "oldest_age_s": self.oldest_age_s}
+        return {
+            "waiting": self.waiting,
+            "unacked": self.unacked,
+            "oldest_age_s": self.oldest_age_s,
+            "declared": self.declared,
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class PoolLoad:
 
     ``in_flight`` and ``scheduled`` are ``None`` when per-queue attribution of unacked messages is
     unknown this tick; the policy then falls back to the broker-wide ``unacked_total``.
+    ``unreadable`` names the pool's queues that could not be read (queue -> error); the numbers
+    then leave them out, and the policy holds.
     """
 
     waiting: int
@@ -61,6 +70,7 @@ class PoolLoad:
     oldest_age_s: float | None
     measured_at: float
     scheduled: int | None = None
+    unreadable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,8 @@ class PoolMeasurements:
 
 
 def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
-    """Sum a pool's queues: waiting adds up, in-flight is known only if every queue's is, age is the max."""
-    parts = [broker.queues[q] for q in queues]
+    """Sum a pool's readable queues: waiting adds up, in-flight is known only if every queue's is, age is the max."""
+    parts = [broker.queues[q] for q in queues if broker.queues[q].error is None]
     unacked = [p.unacked for p in parts]
     scheduled = [p.scheduled for p in parts]
     ages = [p.oldest_age_s for p in parts if p.oldest_age_s is not None]
@@ -88,4 +98,5 @@ def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
         oldest_age_s=max(ages) if ages else None,
         measured_at=broker.measured_at,
         scheduled=None if any(s is None for s in scheduled) else sum(s for s in scheduled if s is not None),
+        unreadable={q: error for q in queues if (error := broker.queues[q].error) is not None},
     )

@@ -13,8 +13,8 @@ The rule, per pool:
              but removing at most max_scale_in_percent of current (at least 1) per tick
   zero     : only after the pool's queues have nothing waiting, in flight or scheduled (ETA) for
              idle_window_s (nothing unacked at all when attribution is unknown)
-  hold     : broker unreadable or its reading older than stale_after_s -> keep current
-             (or fallback_count if higher)
+  hold     : broker unreadable, one of the pool's queues unreadable, or the reading older than
+             stale_after_s -> keep current (or fallback_count if higher)
   clamp    : always within [min_workers, max_workers]
 """
 
@@ -80,6 +80,10 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
     load = measurements.load
     if load is None:
         return _hold(measurements, pool, state, "broker unreadable")
+    if load.unreadable:
+        queue, error = next(iter(load.unreadable.items()))
+        more = f" (and {len(load.unreadable) - 1} more)" if len(load.unreadable) > 1 else ""
+        return _hold(measurements, pool, state, f"queue {queue!r} unreadable: {error}{more}")
     if now - load.measured_at > pool.stale_after_s:
         return _hold(measurements, pool, state, f"reading {now - load.measured_at:.0f} s old")
 

@@ -32,7 +32,18 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, separators=(",", ":"))
+        return json.dumps(json_safe(line), default=str, separators=(",", ":"), allow_nan=False)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities) replaced by ``None``: always valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _number(value: float | int | None) -> bool:
@@ -77,7 +88,7 @@ class Telemetry:
 
     def _emit(self, document: dict[str, Any] | None) -> None:
         if document is not None:
-            self.stream.write(json.dumps(document, separators=(",", ":")) + "\n")
+            self.stream.write(json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False) + "\n")
             self.stream.flush()
 
     def pool(self, outcome: PoolOutcome, *, dry_run: bool, now: float) -> None:
@@ -85,6 +96,7 @@ class Telemetry:
         m = outcome.measurements
         load = m.load if m is not None else None
         decision = outcome.decision
+        queues = list(outcome.queues.values())  # empty when the broker could not be read
         line: dict[str, Any] = {
             "pool": outcome.pool,
             "service": outcome.service,
@@ -96,6 +108,7 @@ class Telemetry:
             "conflict": outcome.conflict,
             "error": outcome.error,
             "protected_tasks": outcome.protected_tasks,
+            "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
         }
         level = logging.ERROR if outcome.error else logging.INFO
         self.logger.log(level, "pool tick", extra=line)
@@ -113,6 +126,8 @@ class Telemetry:
                     "RunningCount": (m.running if m else None, "Count"),
                     "ScalingActions": (1 if outcome.acted else 0, "Count"),
                     "ScalerErrors": (1 if outcome.error else 0, "Count"),
+                    "UnreadableQueues": (sum(q.error is not None for q in queues) if queues else None, "Count"),
+                    "UndeclaredQueues": (sum(q.declared is False for q in queues) if queues else None, "Count"),
                 },
                 now,
             )

@@ -6,6 +6,7 @@ probe, actuator, store and clock they pass in (the simulator calls the policy's 
 Safety rules kept here (the policy keeps the rest):
 - a pool whose ECS service could not be described is not acted on;
 - the broker unreadable -> every pool's load is ``None``, so the policy holds (never scales in);
+  one queue unreadable -> its pool holds with the error, every other pool decides normally;
 - state is saved BEFORE acting, conditionally: if another invocation saved first, this one does
   not act on that pool; without readable state no pool is acted on;
 - UpdateService only when the desired count differs, and never in dry-run.
@@ -123,7 +124,8 @@ def _pool_tick(
     load = pool_load(pool.queues, broker) if broker is not None else None
     measurements = PoolMeasurements(current_desired=status.desired, running=status.running, load=load)
     decision = decide(measurements, pool, state, now)
-    outcome = replace(base, measurements=measurements, decision=decision, error=broker_error)
+    unreadable = "; ".join(f"queue {q!r} unreadable: {e}" for q, e in load.unreadable.items()) if load else ""
+    outcome = replace(base, measurements=measurements, decision=decision, error=broker_error or unreadable or None)
     try:
         saved = store.save(pool.name, decision.new_state)
     except StateConflictError:
