@@ -1,11 +1,13 @@
 """``celery-autoscaler``: measure queues, or run one scaler tick, from a shell.
 
 Exit codes: 0 ok, 1 the tick ran but some pool failed (ECS, state, or one of its queues unreadable;
-for ``measure``: a queue unreadable), 2 bad config or arguments (the message names the field),
-3 broker unreachable.
+for ``measure``: a queue unreadable), 2 bad config or arguments (the message names the field) or a
+missing ``[tools]`` extra, 3 broker unreachable.
 
 Subcommands register themselves through :data:`SUBCOMMANDS`: a new one is one function that adds
-its parser (with ``set_defaults(run=...)``) plus one entry in that list.
+its parser (with ``set_defaults(run=...)``) plus one entry in that list. The base install (the worker
+helper's) runs ``--version``; the subcommands need the ``[tools]`` extra, and each imports what it
+needs only when it runs, so ``measure`` never loads the simulator.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from celery_autoscaler.config import (
     load_config,
 )
 from celery_autoscaler.probe import BrokerUnavailableError, probe_for
-from celery_autoscaler.sim.command import add_subcommand as add_simulate
 
 EXIT_OK = 0
 EXIT_POOL_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_BROKER = 3
+
+DISTRIBUTION = "celery-autoscaler"
+TOOLS_EXTRA_MODULES = frozenset({"boto3", "botocore", "redis"})
+"""Top-level modules of the ``[tools]`` extra: missing, they get an install hint instead of a traceback."""
 
 
 def _unescape(value: str) -> str:
@@ -160,8 +165,55 @@ def add_evaluate(subparsers: Any) -> None:
     parser.set_defaults(run=run_evaluate)
 
 
+# --- simulate ------------------------------------------------------------------------------------
+
+
+def add_simulate(subparsers: Any) -> None:
+    """Its options come from the simulator, which is imported only when ``simulate`` is parsed."""
+
+    def populate(parser: argparse.ArgumentParser) -> None:
+        from celery_autoscaler.sim.command import add_arguments, run
+
+        add_arguments(parser)
+        parser.set_defaults(run=run)
+
+    subparsers.add_parser(
+        "simulate", help="replay a task trace under this scaler and the alternatives", populate=populate
+    )
+
+
 SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate, add_simulate]
 """Each entry adds one subcommand's parser to the ``subparsers`` it is given."""
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that can add its arguments on first use (``populate``), so the module
+    defining them is imported only when that subcommand is chosen (or its ``--help`` is shown)."""
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same signature at run time
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+        return super().parse_known_args(args, namespace)
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked (it costs an import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import version
+
+        print(f"{parser.prog} {version(DISTRIBUTION)}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scale Celery worker pools on ECS from their Redis queues.",
         epilog="exit codes: 0 ok, 1 a pool failed, 2 bad config, 3 broker unreachable",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=VersionAction, help="print the installed version and exit")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser
@@ -187,6 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerUnavailableError as exc:
         print(f"celery-autoscaler: broker unreachable: {exc}", file=sys.stderr)
         return EXIT_BROKER
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in TOOLS_EXTRA_MODULES:
+            raise
+        print(
+            f"celery-autoscaler: {args.command} needs {exc.name}, which this install lacks: "
+            f"pip install '{DISTRIBUTION}[tools]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from celery_autoscaler.config import ConfigError, load_config
 from celery_autoscaler.sim.engine import PRICES, SimSettings
@@ -94,13 +93,6 @@ def run(args: argparse.Namespace) -> int:
     for name, outcome in outcomes.items():
         print(f"{name:22}" + "".join(f"{outcome.metrics[m]:>22}" for m in METRICS))
     return 0
-
-
-def add_subcommand(subparsers: Any) -> None:
-    """Register ``simulate`` with the ``celery-autoscaler`` command line."""
-    parser = subparsers.add_parser("simulate", help="replay a task trace under this scaler and the alternatives")
-    add_arguments(parser)
-    parser.set_defaults(run=run)
 
 
 def main(argv: list[str] | None = None) -> int:
