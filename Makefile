@@ -2,13 +2,27 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3.11
+# The first of these that is Python >= 3.11 (pyproject's requires-python); `make PYTHON=...` picks another.
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+ifndef PYTHON
+PYTHON := $(firstword $(foreach candidate,$(PYTHON_CANDIDATES),\
+	$(shell $(candidate) -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo $(candidate))))
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_IN_AUTOMATION := 1
 export CHECKPOINT_DISABLE := 1
+
+# Terraform takes its providers from an offline filesystem mirror when this machine has one
+# (TF_PLUGIN_DIR, default /opt/tf-plugins): scripts/tf_mirror.py writes the CLI config that names it and
+# prints its path, and every terraform below (tests, demo, pre-commit) reads it via TF_CLI_CONFIG_FILE.
+# Without a mirror it prints nothing, and terraform init uses the registry.
+TF_MIRROR_CONFIG := $(if $(PYTHON),$(shell $(PYTHON) scripts/tf_mirror.py .tmp/terraform-mirror.tfrc))
+ifneq ($(TF_MIRROR_CONFIG),)
+export TF_CLI_CONFIG_FILE := $(TF_MIRROR_CONFIG)
+endif
 
 QUICK ?=
 PYTEST_ARGS ?=
@@ -18,6 +32,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no Python >= 3.11 among $(PYTHON_CANDIDATES); install one or set PYTHON=" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -44,15 +59,14 @@ lint: venv ## ruff and mypy (strict on the package)
 test: venv services lint ## Everything CI runs: lint, types, pytest (private Redis and RabbitMQ, Celery, terraform, moto)
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
-# An offline provider mirror if this machine has one (a folder holding registry.terraform.io/);
-# empty means plain `terraform init` from the registry.
-TF_PLUGIN_DIR ?= $(shell test -d /opt/tf-plugins/registry.terraform.io && echo /opt/tf-plugins || \
-	find / -xdev -type d -name registry.terraform.io -prune 2>/dev/null | head -n1 | xargs -r dirname)
+.PHONY: test-unit
+test-unit: venv ## The fast tier (pytest -m unit): policy, config, simulator, estimators; no Redis, no terraform
+	$(VENV)/bin/pytest -q -ra -m unit $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: venv ## The scaler against local Redis and moto (QUICK=1 for the short run)
 	@scripts/install-brokers.sh redis-server
-	PYTHONPATH=examples/local TF_PLUGIN_DIR="$(TF_PLUGIN_DIR)" $(PY) -m demo.main $(if $(QUICK),--quick,)
+	PYTHONPATH=examples/local $(PY) -m demo.main $(if $(QUICK),--quick,)
 
 .PHONY: bench
 bench: venv services ## Simulated benchmark of every policy on every built-in trace -> bench-out/ (+ probe timings)

@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 # The local demo's package: the worker helper's tests use its fake ECS agent.
 sys.path.insert(0, str(ROOT / "examples" / "local"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from tf_mirror import use_mirror  # noqa: E402  (found through the path above)
+
+# Every terraform the tests start (their own, the demo's) takes providers from the offline mirror, if
+# this machine has one, through the same TF_CLI_CONFIG_FILE that `make` exports.
+use_mirror(ROOT / ".tmp" / "terraform-mirror.tfrc", os.environ)
 
 from brokers import RabbitBroker, RabbitNode, redis_url_for, session_redis, stop_session_redis  # noqa: E402
 

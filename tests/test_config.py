@@ -10,6 +10,8 @@ import pytest
 
 from celery_autoscaler.config import DEFAULT_PRIORITY_SEP, ConfigError, load_config, parse_config
 
+pytestmark = pytest.mark.unit  # the fast tier: make test-unit
+
 VALID: dict[str, Any] = {
     "broker": {"url": "rediss://scaler:secret@redis.internal:6379/2", "key_prefix": "app:"},
     "cluster": "celery",

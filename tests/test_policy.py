@@ -13,6 +13,8 @@ from celery_autoscaler.config import PoolConfig
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.policy import Decision, PoolState, decide
 
+pytestmark = pytest.mark.unit  # the fast tier: make test-unit
+
 POOL = PoolConfig(
     name="default",
     service="workers",

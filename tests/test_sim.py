@@ -18,6 +18,8 @@ from celery_autoscaler.sim.engine import run_pool
 from celery_autoscaler.sim.simulate import DEFAULT_POOL
 from celery_autoscaler.sim.traces import poisson
 
+pytestmark = pytest.mark.unit  # the fast tier: make test-unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -31,7 +31,6 @@ from celery_autoscaler.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("complete", "existing-redis", "minimal")  # the AWS examples; examples/local is applied by make demo
 LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
-PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR") or ("/opt/tf-plugins" if Path("/opt/tf-plugins").is_dir() else "")
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
 
 pytestmark = [pytest.mark.terraform, pytest.mark.slow]
@@ -172,7 +171,7 @@ def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str
     """The whole cycle for one example; returns what was measured (for printing)."""
     baseline = inventory(endpoint)  # what a fresh emulator already holds (the default VPC's parts)
     workdir = prepare(example, tmp_path, endpoint)
-    terraform(workdir, "init", "-input=false", *([f"-plugin-dir={PLUGIN_DIR}"] if PLUGIN_DIR else []))
+    terraform(workdir, "init", "-input=false")  # providers: TF_CLI_CONFIG_FILE (conftest, as make sets it)
 
     started = time.monotonic()
     terraform(workdir, "apply", "-auto-approve", "-input=false")

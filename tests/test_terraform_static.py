@@ -3,7 +3,7 @@
 
 Everything runs in a temporary copy with its own TF_DATA_DIR, so the working tree gets no
 ``.terraform`` directory or lock file. The provider comes from the offline mirror when there is one
-(``TF_PLUGIN_DIR`` or /opt/tf-plugins), else from the registry.
+(``TF_CLI_CONFIG_FILE``, set by conftest as by make), else from the registry.
 """
 
 from __future__ import annotations
@@ -25,28 +25,10 @@ EXAMPLES = ("complete", "existing-redis", "minimal")
 LAMBDA_ZIP = Path("lambda/dist/celery-autoscaler-lambda.zip")
 
 
-def _plugin_dir() -> str | None:
-    for candidate in (os.environ.get("TF_PLUGIN_DIR"), "/opt/tf-plugins"):
-        if candidate and Path(candidate, "registry.terraform.io").is_dir():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
-def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for terraform: no checkpoint calls, no user CLI config, no colour."""
-    home = tmp_path_factory.mktemp("tf-home")
-    cli_config = home / "terraformrc"
-    cli_config.write_text("")
-    env = dict(os.environ)
-    env.update(
-        TF_IN_AUTOMATION="1",
-        CHECKPOINT_DISABLE="1",
-        TF_CLI_CONFIG_FILE=str(cli_config),
-        TF_INPUT="0",
-        NO_COLOR="1",
-    )
-    return env
+def tf_env() -> dict[str, str]:
+    """Environment for terraform: no checkpoint calls, no colour, the CLI config conftest chose."""
+    return {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1", "TF_INPUT": "0", "NO_COLOR": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +59,7 @@ def _terraform(
 def _init(directory: Path, env: dict[str, str]) -> dict[str, str]:
     """``terraform init`` without a backend; returns the env whose TF_DATA_DIR holds the result."""
     env = {**env, "TF_DATA_DIR": str(directory / ".terraform-data")}
-    plugin_dir = _plugin_dir()
-    args = ["init", "-backend=false", "-input=false", *([f"-plugin-dir={plugin_dir}"] if plugin_dir else [])]
-    result = _terraform(args, directory, env)
+    result = _terraform(["init", "-backend=false", "-input=false"], directory, env)
     assert result.returncode == 0, result.stdout + result.stderr
     return env
 

@@ -156,14 +156,6 @@ def ensure_emulator(endpoint: str | None, out: Path) -> Iterator[str]:
         emulator.stop()
 
 
-def plugin_dir() -> str | None:
-    """The offline provider mirror, if this machine has one; else plain init uses the registry."""
-    for candidate in (os.environ.get("TF_PLUGIN_DIR", ""), "/opt/tf-plugins"):
-        if candidate and (Path(candidate) / "registry.terraform.io").is_dir():
-            return candidate
-    return None
-
-
 class Terraform:
     """terraform -chdir=examples/local with the state and .terraform kept in the run's output dir."""
 
@@ -193,10 +185,9 @@ class Terraform:
         return [f"-var={name}={value}" for name, value in self.variables.items()]
 
     def init(self) -> None:
-        mirror = plugin_dir()
-        extra = [f"-plugin-dir={mirror}"] if mirror else []
+        """Providers as the CLI config says: ``make demo`` points TF_CLI_CONFIG_FILE at the offline mirror."""
         state = self.out / "terraform.tfstate"
-        self.run("init", "-input=false", "-no-color", f"-backend-config=path={state}", *extra)
+        self.run("init", "-input=false", "-no-color", f"-backend-config=path={state}")
 
     def apply(self) -> None:
         self.run("apply", "-input=false", "-no-color", "-auto-approve", *self.var_args())
