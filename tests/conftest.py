@@ -8,6 +8,7 @@ directory, started on first use and stopped at the end of the session; ``TEST_RE
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
