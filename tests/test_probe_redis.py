@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shlex
 import socket
 import subprocess
 import time
@@ -18,8 +16,9 @@ import redis
 from apps.probe_app import DONE, RELEASE, ROUTED_QUEUES, STARTED, make_app
 from apps.workers import WorkerProcess
 from celery_apps import celery_worker
-from conftest import REDIS_HOST, REDIS_PORT, ROOT, redis_url_for
+from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
 from kombu import Connection, Exchange, Queue
+from redis_acl import readme_acl_line, readme_acl_rules
 from waiting import wait_until
 
 from celery_autoscaler.config import BrokerConfig, ConfigError
@@ -231,21 +230,11 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
     assert (measured.queues["later"].waiting, measured.unacked_total) == (3, 0)
 
 
-def readme_acl_line() -> str:
-    """The README's Redis ACL recipe, verbatim: the one line of its ``redis-acl`` code block."""
-    blocks = re.findall(r"^```redis-acl\n(.*?)^```", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 1
-    (line,) = blocks[0].strip().splitlines()
-    return str(line)
-
-
 @contextmanager
 def read_only_user(client: redis.Redis) -> Iterator[str]:
     """The README's ACL user, created by redis-cli from the recipe as written; removed afterwards."""
     line = readme_acl_line()
-    words = shlex.split(line)
-    assert words[:2] == ["ACL", "SETUSER"]
-    name, password = words[2], next(w[1:] for w in words if w.startswith(">"))
+    name, password, _ = readme_acl_rules()
     cli = ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT)]
     ran = subprocess.run(cli, input=line + "\n", capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == "OK", ran.stdout + ran.stderr

@@ -139,6 +139,11 @@ def _count(value: Any) -> int | None:
     return number if number >= 0 else None
 
 
+def _reply_error(error: Exception) -> str:
+    """An error reply as text; redis-py strips some codes (``NOPERM``), so its class then names it."""
+    return str(error) if type(error) is redis.ResponseError else f"{type(error).__name__}: {error}"
+
+
 def _glob_escape(text: str) -> str:
     """``text`` matched literally by SCAN's MATCH pattern."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
@@ -228,7 +233,7 @@ class RedisProbe:
                 pipe.hlen(unacked_key)
                 replies = pipe.execute(raise_on_error=False)
             if isinstance(replies[-1], Exception):  # every pool's demand depends on it
-                raise BrokerUnavailableError(f"cannot read {unacked_key!r}: {replies[-1]}")
+                raise BrokerUnavailableError(f"cannot read {unacked_key!r}: {_reply_error(replies[-1])}")
             now = self._clock()
             unacked_total = int(replies[-1])
             self._refresh_bindings(now)
@@ -260,7 +265,7 @@ class RedisProbe:
         completed, run_seconds = self._counters(queue, replies[-1])
         commands = ["LLEN"] * _KEYS_PER_QUEUE + ["LINDEX"] * _KEYS_PER_QUEUE
         checks = zip(commands, keys + keys, replies[:-1], strict=True)
-        error = next((f"{cmd} {key!r}: {r}" for cmd, key, r in checks if isinstance(r, Exception)), None)
+        error = next((f"{cmd} {key!r}: {_reply_error(r)}" for cmd, key, r in checks if isinstance(r, Exception)), None)
         if error is not None:
             return QueueMeasurement(0, None, None, error=error, declared=declared, completed=completed,
                                     run_seconds=run_seconds)  # fmt: skip
