@@ -226,3 +226,18 @@ def test_tools_extra_measures_without_the_simulator_and_simulates(
     simulate = run(bin_dir / "celery-autoscaler", "simulate", "--trace", "steady", "--hours", "0.05", "--json")
     assert simulate.returncode == 0, simulate.stderr
     assert "celery-autoscaler" in json.loads(simulate.stdout)["policies"]
+
+
+def test_docs_name_this_version_in_the_source_line_install_lines_and_changelog() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert set(re.findall(r"\?ref=v([^\"\s]+)\"", readme)) == {VERSION}
+    documents = [ROOT / "README.md", DOCKERFILE, *ROOT.glob("docs/*.md"), *ROOT.glob("examples/*/README.md")]
+    pinned = {
+        str(d.relative_to(ROOT)): set(re.findall(rf"{NAME}(?:\[\w+\])?==([\w.]+)", d.read_text())) for d in documents
+    }
+    assert {v for versions in pinned.values() for v in versions} == {VERSION}, pinned
+    assert all(versions for name, versions in pinned.items() if name.startswith("examples/")), pinned  # every example
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    newest = re.search(r"^## \[([^\]]+)\].*?(?=^## \[)", changelog, re.M | re.S)
+    assert newest is not None
+    assert newest[1] == VERSION or (newest[1] == "Unreleased" and f"The {VERSION} release" in newest[0])
