@@ -540,3 +540,20 @@ def test_the_factory_picks_the_probe_by_scheme() -> None:
         probe_for(BrokerConfig(), "redis://user:hunter2@localhost:hunter2/0", field="--broker-url")
     assert "hunter2" not in str(raised.value)
     assert raised.value.__cause__ is None
+
+
+@pytest.mark.redis_db(3)
+def test_an_exchange_bound_since_the_last_binding_read_routes_at_the_next_scan(redis_db: redis.Redis) -> None:
+    probe = RedisProbe(BrokerConfig(unacked_scan_interval_s=60), url=redis_url_for(3), clock=lambda: 1000.0)
+    assert probe.measure(["late"]).queues["late"].declared is False  # bindings read; nothing unacked yet
+    with Connection(redis_url_for(3)) as connection:
+        Queue("late", Exchange("late_ex"), routing_key="rk", channel=connection.default_channel).declare()
+    message = {"headers": {"id": "t"}, "body": ""}
+    redis_db.hset(
+        "unacked", mapping={"t1": json.dumps([message, "late_ex", "rk"]), "t2": json.dumps([message, "gone_ex", "rk"])}
+    )
+
+    measured = probe.measure(["late"])  # scanned at once (the hash turned non-empty); late_ex is read then
+
+    assert measured.queues["late"].unacked == 1  # gone_ex has no bindings: kombu could not route it either
+    assert measured.unacked_total == 2

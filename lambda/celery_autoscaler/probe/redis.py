@@ -353,7 +353,8 @@ class RedisProbe:
         """Attribute every unacked entry (JSON ``[message, exchange, routing_key]``) to its queue.
 
         ``None`` (attribution unknown, the policy uses the broker-wide count) when the hash cannot be
-        scanned (an ACL without HSCAN) or a named exchange's bindings cannot be read.
+        scanned (an ACL without HSCAN). Named exchanges route through the binding sets; the sets are
+        read again first when an entry names an exchange they do not hold yet.
         """
         routed: list[tuple[str, str, float | None]] = []
         try:
@@ -370,14 +371,12 @@ class RedisProbe:
         except redis.ResponseError as exc:
             log.warning("cannot scan %r (%s); per-queue in-flight unknown", self._key("unacked"), exc)
             return None
-        exchanges = {exchange for exchange, _, _ in routed if exchange}
-        if not exchanges <= self._tables.keys():
-            self._refresh_bindings(now, force=True)
-        if not exchanges <= self._tables.keys():
-            return None
+        if not {exchange for exchange, _, _ in routed if exchange} <= self._tables.keys():
+            self._refresh_bindings(now, force=True)  # an exchange declared since the last binding read
+        unbound = _BindingTable(())  # kombu cannot route through an exchange without bindings either
         counts: dict[str, _QueueInFlight] = {}
         for exchange, routing_key, eta in routed:
-            for queue in self._tables[exchange].route(routing_key) if exchange else (routing_key,):
+            for queue in self._tables.get(exchange, unbound).route(routing_key) if exchange else (routing_key,):
                 share = counts.setdefault(queue, _QueueInFlight())
                 if eta is not None and eta > now:
                     share.etas.append(eta)
