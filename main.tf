@@ -68,29 +68,19 @@ locals {
       key_prefix              = var.broker.key_prefix
       priority_sep            = var.broker.priority_sep
       publish_time_header     = var.broker.publish_time_header
-      unacked_scan_interval_s = var.broker.unacked_scan_interval_seconds
+      unacked_scan_interval_s = var.broker.unacked_scan_interval_s
       unacked_scan_cap        = var.broker.unacked_scan_cap
-      socket_timeout_s        = var.broker.socket_timeout_seconds
+      socket_timeout_s        = var.broker.socket_timeout_s
     }
     cluster = local.cluster_name
-    pools = { for pool, p in var.worker_pools : pool => {
-      service                   = local.pool_services[pool]
-      queues                    = p.queues
-      concurrency               = p.concurrency
-      min_workers               = p.min
-      max_workers               = p.max
-      target_utilisation        = p.target_utilisation
-      target_backlog_per_worker = p.target_backlog_per_worker
-      target_latency_s          = p.target_latency_seconds
-      max_scale_out_step        = p.max_scale_out_step
-      max_scale_in_percent      = p.max_scale_in_percent
-      scale_in_window_s         = p.scale_in_window_seconds
-      idle_window_s             = p.idle_window_seconds
-      stale_after_s             = p.stale_after_seconds
-      fallback_count            = p.fallback_count
-    } }
+    # A pool's scaling settings carry the scaler's names, so they pass through as they are.
+    pools = { for pool, p in var.worker_pools : pool => merge(p.scaling, {
+      service     = local.pool_services[pool]
+      queues      = p.queues
+      concurrency = p.concurrency
+    }) }
     state_table          = local.state_table_name
-    tick_interval_s      = var.scaler.tick_interval_seconds
+    tick_interval_s      = var.scaler.tick_interval_s
     ticks_per_invocation = var.scaler.ticks_per_invocation
     dry_run              = var.scaler.dry_run
     metrics_namespace    = var.scaler.metrics_namespace

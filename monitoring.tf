@@ -215,7 +215,7 @@ resource "aws_cloudwatch_metric_alarm" "oldest_task_age" {
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 3
-  threshold           = coalesce(each.value.age_alarm_seconds, var.monitoring.oldest_task_age_alarm_seconds)
+  threshold           = coalesce(each.value.oldest_task_age_alarm_s, var.monitoring.oldest_task_age_alarm_s)
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.monitoring.alarm_actions

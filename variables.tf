@@ -153,45 +153,46 @@ variable "celery_app" {
 variable "worker_pools" {
   description = <<-EOT
     Worker pools by name: one ECS service each, scaled by the scaler from the load of its queues.
-    The service starts at `min` tasks and then ignores desired_count: the scaler owns it.
+    The service starts at `scaling.min_workers` tasks and then ignores desired_count: the scaler owns it.
     - image, command: the worker image; command defaults to `celery --app <celery_app> worker --queues <queues> --concurrency <concurrency> --prefetch-multiplier 1`.
     - cpu, memory (a valid Fargate pair), architecture (X86_64 or ARM64).
     - queues: the Celery queues this pool consumes (unique across pools); concurrency: Celery worker processes per task.
-    - min, max: task count bounds; target_backlog_per_worker or target_latency_seconds: what one worker should carry; target_utilisation: fraction of concurrency to fill.
     - stop_timeout: seconds ECS waits after SIGTERM before SIGKILL (Fargate max 120); shutdown: "warm" (finish running tasks) or "soft" (REMAP_SIGTERM=SIGQUIT + soft shutdown stop_timeout-10 s + acks_late: re-runs cut tasks, needs idempotent tasks).
     - spot_weight: percent of tasks placed on FARGATE_SPOT (0-100).
     - scale_in_protection: workers protect themselves while busy (celery_autoscaler.worker.install); grants the task role ecs:UpdateTaskProtection.
     - environment, secrets (name => Secrets Manager or SSM parameter ARN): added to the container; CELERY_BROKER_URL is always set from the broker secret.
-    - max_scale_out_step, max_scale_in_percent, scale_in_window_seconds, idle_window_seconds, stale_after_seconds, fallback_count: scaler tuning (see the README's "How it scales").
-    - age_alarm_seconds: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_seconds).
+    - oldest_task_age_alarm_s: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_s).
+    - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count.
   EOT
   type = map(object({
-    image                     = string
-    command                   = optional(list(string))
-    cpu                       = optional(number, 256)
-    memory                    = optional(number, 512)
-    architecture              = optional(string, "X86_64")
-    queues                    = list(string)
-    concurrency               = optional(number, 2)
-    min                       = optional(number, 0)
-    max                       = optional(number, 10)
-    target_backlog_per_worker = optional(number)
-    target_latency_seconds    = optional(number)
-    target_utilisation        = optional(number, 1)
-    stop_timeout              = optional(number, 120)
-    shutdown                  = optional(string, "warm")
-    spot_weight               = optional(number, 0)
-    scale_in_protection       = optional(bool, true)
-    readonly_root_filesystem  = optional(bool, true)
-    environment               = optional(map(string), {})
-    secrets                   = optional(map(string), {})
-    max_scale_out_step        = optional(number)
-    max_scale_in_percent      = optional(number, 100)
-    scale_in_window_seconds   = optional(number, 30)
-    idle_window_seconds       = optional(number, 120)
-    stale_after_seconds       = optional(number, 90)
-    fallback_count            = optional(number)
-    age_alarm_seconds         = optional(number)
+    image                    = string
+    command                  = optional(list(string))
+    cpu                      = optional(number, 256)
+    memory                   = optional(number, 512)
+    architecture             = optional(string, "X86_64")
+    queues                   = list(string)
+    concurrency              = optional(number, 2)
+    stop_timeout             = optional(number, 120)
+    shutdown                 = optional(string, "warm")
+    spot_weight              = optional(number, 0)
+    scale_in_protection      = optional(bool, true)
+    readonly_root_filesystem = optional(bool, true)
+    environment              = optional(map(string), {})
+    secrets                  = optional(map(string), {})
+    oldest_task_age_alarm_s  = optional(number)
+    scaling = optional(object({
+      min_workers               = optional(number, 0)
+      max_workers               = optional(number, 10)
+      target_backlog_per_worker = optional(number)
+      target_latency_s          = optional(number)
+      target_utilisation        = optional(number, 1)
+      max_scale_out_step        = optional(number)
+      max_scale_in_percent      = optional(number, 100)
+      scale_in_window_s         = optional(number, 30)
+      idle_window_s             = optional(number, 120)
+      stale_after_s             = optional(number, 90)
+      fallback_count            = optional(number)
+    }), {})
   }))
   nullable = false
 
@@ -201,153 +202,153 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for name, _ in var.worker_pools : can(regex("^[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?$", name)) && name != "beat"])
-    error_message = "Pool names must be 1-32 lowercase letters, digits, '_' or '-', start and end with a letter or digit, and not be \"beat\" (the beat service's name)."
+    condition     = alltrue([for n, _ in var.worker_pools : can(regex("^[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?$", n)) && n != "beat"])
+    error_message = "${join(", ", [for n, _ in var.worker_pools : "worker_pools[\"${n}\"]" if !(can(regex("^[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?$", n)) && n != "beat")])}: a pool name must be 1-32 lowercase letters, digits, '_' or '-', start and end with a letter or digit, and not be \"beat\" (the beat service's name)."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : trimspace(p.image) != ""])
-    error_message = "Every pool needs a non-empty image."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].image" if trimspace(p.image) == ""])} must not be empty."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : p.command == null || try(length(p.command) > 0 && alltrue([for a in p.command : a != ""]), false)])
-    error_message = "A pool's command, when set, must be a non-empty list of non-empty arguments."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].command" if !(p.command == null || try(length(p.command) > 0 && alltrue([for a in p.command : a != ""]), false))])}, when set, must be a non-empty list of non-empty arguments."
   }
 
   validation {
     condition     = var.celery_app != null || alltrue([for p in var.worker_pools : p.command != null])
-    error_message = "Set celery_app (used by the default worker command) or give every pool a command."
+    error_message = "Set celery_app (used by the default worker command) or give every pool a command (${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].command" if p.command == null])} not set)."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : contains(lookup(local.fargate_memory, tostring(p.cpu), []), p.memory)])
-    error_message = "Every pool's cpu/memory must be a Fargate pair: 256 with 512/1024/2048; 512 with 1024-4096; 1024 with 2048-8192; 2048 with 4096-16384 (1024 steps); 4096 with 8192-30720 (1024 steps); 8192 with 16384-61440 (4096 steps); 16384 with 32768-122880 (8192 steps)."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].cpu/memory (${p.cpu}/${p.memory})" if !contains(lookup(local.fargate_memory, tostring(p.cpu), []), p.memory)])} must be a Fargate pair: 256 with 512/1024/2048; 512 with 1024-4096; 1024 with 2048-8192; 2048 with 4096-16384 (1024 steps); 4096 with 8192-30720 (1024 steps); 8192 with 16384-61440 (4096 steps); 16384 with 32768-122880 (8192 steps)."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : contains(["X86_64", "ARM64"], p.architecture)])
-    error_message = "A pool's architecture must be X86_64 or ARM64."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].architecture (${p.architecture})" if !contains(["X86_64", "ARM64"], p.architecture)])} must be X86_64 or ARM64."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : length(p.queues) > 0])
-    error_message = "Every pool must consume at least one queue."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].queues" if length(p.queues) == 0])} must name at least one queue."
   }
 
   validation {
     condition     = alltrue(flatten([for p in var.worker_pools : [for q in p.queues : can(regex("^[A-Za-z0-9_.:@-]{1,200}$", q))]]))
-    error_message = "Queue names must be 1-200 characters of letters, digits and _.:@- (the scaler's rule)."
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, q in p.queues : "worker_pools[\"${n}\"].queues[${i}] (\"${q}\")" if !can(regex("^[A-Za-z0-9_.:@-]{1,200}$", q))]]))}: a queue name must be 1-200 characters of letters, digits and _.:@- (the scaler's rule)."
   }
 
   validation {
     condition     = length(flatten([for p in var.worker_pools : p.queues])) == length(distinct(flatten([for p in var.worker_pools : p.queues])))
-    error_message = "A queue may be consumed by one pool only and listed once: queue names must be unique across all pools."
+    error_message = "A queue may be consumed by one pool only and listed once; repeated: ${join(", ", [for q, n in { for q in flatten([for p in var.worker_pools : p.queues]) : q => q... } : q if length(n) > 1])}."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : p.concurrency >= 1 && floor(p.concurrency) == p.concurrency])
-    error_message = "A pool's concurrency must be a whole number >= 1."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].concurrency (${p.concurrency})" if !(p.concurrency >= 1 && floor(p.concurrency) == p.concurrency)])} must be a whole number >= 1."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.min >= 0 && floor(p.min) == p.min])
-    error_message = "A pool's min must be a whole number >= 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.min_workers (${p.scaling.min_workers})" if !(p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers)])} must be a whole number >= 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.max >= 1 && floor(p.max) == p.max])
-    error_message = "A pool's max must be a whole number >= 1."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers})" if !(p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers)])} must be a whole number >= 1."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.min <= p.max])
-    error_message = "A pool's min must be <= its max."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.min_workers <= p.scaling.max_workers])
+    error_message = join(" ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers}) must be >= min_workers (${p.scaling.min_workers})." if p.scaling.min_workers > p.scaling.max_workers])
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.target_backlog_per_worker == null || try(p.target_backlog_per_worker > 0, false)])
-    error_message = "A pool's target_backlog_per_worker, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_backlog_per_worker (${p.scaling.target_backlog_per_worker})" if !(p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false))])}, when set, must be > 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.target_latency_seconds == null || try(p.target_latency_seconds > 0, false)])
-    error_message = "A pool's target_latency_seconds, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_latency_s (${p.scaling.target_latency_s})" if !(p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false))])}, when set, must be > 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.target_utilisation > 0 && p.target_utilisation <= 1])
-    error_message = "A pool's target_utilisation must be in (0, 1]."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.target_utilisation > 0 && p.scaling.target_utilisation <= 1])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_utilisation (${p.scaling.target_utilisation})" if !(p.scaling.target_utilisation > 0 && p.scaling.target_utilisation <= 1)])} must be in (0, 1]."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : p.stop_timeout >= 2 && p.stop_timeout <= 120 && floor(p.stop_timeout) == p.stop_timeout])
-    error_message = "A pool's stop_timeout must be a whole number of seconds from 2 to 120 (the Fargate maximum)."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].stop_timeout (${p.stop_timeout})" if !(p.stop_timeout >= 2 && p.stop_timeout <= 120 && floor(p.stop_timeout) == p.stop_timeout)])} must be a whole number of seconds from 2 to 120 (the Fargate maximum)."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : contains(["warm", "soft"], p.shutdown)])
-    error_message = "A pool's shutdown must be \"warm\" or \"soft\"."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].shutdown (\"${p.shutdown}\")" if !contains(["warm", "soft"], p.shutdown)])} must be \"warm\" or \"soft\"."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : p.shutdown != "soft" || p.stop_timeout >= 15])
-    error_message = "shutdown = \"soft\" needs stop_timeout >= 15: the soft shutdown timeout is stop_timeout - 10 s so cut tasks are restored before SIGKILL."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].stop_timeout (${p.stop_timeout})" if !(p.shutdown != "soft" || p.stop_timeout >= 15)])}: shutdown = \"soft\" needs stop_timeout >= 15, as the soft shutdown timeout is stop_timeout - 10 s so cut tasks are restored before SIGKILL."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : p.spot_weight >= 0 && p.spot_weight <= 100 && floor(p.spot_weight) == p.spot_weight])
-    error_message = "A pool's spot_weight must be a whole percentage from 0 to 100."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].spot_weight (${p.spot_weight})" if !(p.spot_weight >= 0 && p.spot_weight <= 100 && floor(p.spot_weight) == p.spot_weight)])} must be a whole percentage from 0 to 100."
   }
 
   validation {
     condition     = alltrue(flatten([for p in var.worker_pools : [for k in concat(keys(p.environment), keys(p.secrets)) : can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k))]]))
-    error_message = "Environment and secret names must be letters, digits and underscores, not starting with a digit."
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for k in concat(keys(p.environment), keys(p.secrets)) : "worker_pools[\"${n}\"] ${k}" if !can(regex("^[A-Za-z_][A-Za-z0-9_]*$", k))]]))}: environment and secret names must be letters, digits and underscores, not starting with a digit."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : !contains(concat(keys(p.environment), keys(p.secrets)), "CELERY_BROKER_URL")])
-    error_message = "CELERY_BROKER_URL is set by the module from the broker secret; do not set it in a pool's environment or secrets."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"]" if contains(concat(keys(p.environment), keys(p.secrets)), "CELERY_BROKER_URL")])}: CELERY_BROKER_URL is set by the module from the broker secret; do not set it in a pool's environment or secrets."
   }
 
   validation {
     condition     = alltrue([for p in var.worker_pools : length(setintersection(keys(p.environment), keys(p.secrets))) == 0])
-    error_message = "A name may be in a pool's environment or its secrets, not both."
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"] ${join("/", setintersection(keys(p.environment), keys(p.secrets)))}" if length(setintersection(keys(p.environment), keys(p.secrets))) > 0])}: a name may be in a pool's environment or its secrets, not both."
   }
 
   validation {
     condition     = alltrue(flatten([for p in var.worker_pools : [for v in values(p.secrets) : can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:(secret:|parameter/).+$", v))]]))
-    error_message = "A pool's secrets values must be Secrets Manager secret ARNs or SSM parameter ARNs."
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for k, v in p.secrets : "worker_pools[\"${n}\"].secrets.${k}" if !can(regex("^arn:aws[a-z-]*:(secretsmanager|ssm):[a-z0-9-]+:[0-9]{12}:(secret:|parameter/).+$", v))]]))} must be a Secrets Manager secret ARN or an SSM parameter ARN."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.max_scale_out_step == null || try(p.max_scale_out_step >= 1 && floor(p.max_scale_out_step) == p.max_scale_out_step, false)])
-    error_message = "A pool's max_scale_out_step, when set, must be a whole number >= 1."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_scale_out_step (${p.scaling.max_scale_out_step})" if !(p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false))])}, when set, must be a whole number >= 1."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.max_scale_in_percent > 0 && p.max_scale_in_percent <= 100])
-    error_message = "A pool's max_scale_in_percent must be in (0, 100]."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.max_scale_in_percent > 0 && p.scaling.max_scale_in_percent <= 100])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_scale_in_percent (${p.scaling.max_scale_in_percent})" if !(p.scaling.max_scale_in_percent > 0 && p.scaling.max_scale_in_percent <= 100)])} must be in (0, 100]."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scale_in_window_seconds >= 0 && p.idle_window_seconds >= 0])
-    error_message = "A pool's scale_in_window_seconds and idle_window_seconds must be >= 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.scale_in_window_s/idle_window_s (${p.scaling.scale_in_window_s}/${p.scaling.idle_window_s})" if !(p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0)])} must be >= 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.stale_after_seconds > 0])
-    error_message = "A pool's stale_after_seconds must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.stale_after_s > 0])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.stale_after_s (${p.scaling.stale_after_s})" if !(p.scaling.stale_after_s > 0)])} must be > 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.fallback_count == null || try(p.fallback_count >= p.min && p.fallback_count <= p.max && floor(p.fallback_count) == p.fallback_count, false)])
-    error_message = "A pool's fallback_count, when set, must be a whole number within [min, max]."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.fallback_count (${p.scaling.fallback_count})" if !(p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false))])}, when set, must be a whole number within [min_workers, max_workers]."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.age_alarm_seconds == null || try(p.age_alarm_seconds > 0, false)])
-    error_message = "A pool's age_alarm_seconds, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false))])}, when set, must be > 0."
   }
 }
 
@@ -431,25 +432,25 @@ variable "broker" {
     key_prefix, priority_sep and publish_time_header must match the Celery app (global_keyprefix, priority separator, the publish-time header of celery_autoscaler.worker.install).
   EOT
   type = object({
-    create                        = optional(bool, true)
-    url_secret_arn                = optional(string)
-    url_secret_kms_key_arn        = optional(string)
-    port                          = optional(number, 6379)
-    db                            = optional(number, 0)
-    node_type                     = optional(string, "cache.t4g.micro")
-    engine_version                = optional(string, "7.1")
-    num_cache_clusters            = optional(number, 1)
-    parameter_group_name          = optional(string)
-    snapshot_retention_limit      = optional(number, 1)
-    maintenance_window            = optional(string)
-    apply_immediately             = optional(bool, false)
-    secret_recovery_window_days   = optional(number, 7)
-    key_prefix                    = optional(string, "")
-    priority_sep                  = optional(string, "\u0006\u0016")
-    publish_time_header           = optional(string, "x_published_at")
-    unacked_scan_interval_seconds = optional(number, 60)
-    unacked_scan_cap              = optional(number, 10000)
-    socket_timeout_seconds        = optional(number, 5)
+    create                      = optional(bool, true)
+    url_secret_arn              = optional(string)
+    url_secret_kms_key_arn      = optional(string)
+    port                        = optional(number, 6379)
+    db                          = optional(number, 0)
+    node_type                   = optional(string, "cache.t4g.micro")
+    engine_version              = optional(string, "7.1")
+    num_cache_clusters          = optional(number, 1)
+    parameter_group_name        = optional(string)
+    snapshot_retention_limit    = optional(number, 1)
+    maintenance_window          = optional(string)
+    apply_immediately           = optional(bool, false)
+    secret_recovery_window_days = optional(number, 7)
+    key_prefix                  = optional(string, "")
+    priority_sep                = optional(string, "\u0006\u0016")
+    publish_time_header         = optional(string, "x_published_at")
+    unacked_scan_interval_s     = optional(number, 60)
+    unacked_scan_cap            = optional(number, 10000)
+    socket_timeout_s            = optional(number, 5)
   })
   default  = {}
   nullable = false
@@ -505,13 +506,13 @@ variable "broker" {
   }
 
   validation {
-    condition     = var.broker.unacked_scan_interval_seconds >= 0 && var.broker.unacked_scan_cap >= 0 && floor(var.broker.unacked_scan_cap) == var.broker.unacked_scan_cap
-    error_message = "broker.unacked_scan_interval_seconds must be >= 0 and broker.unacked_scan_cap a whole number >= 0."
+    condition     = var.broker.unacked_scan_interval_s >= 0 && var.broker.unacked_scan_cap >= 0 && floor(var.broker.unacked_scan_cap) == var.broker.unacked_scan_cap
+    error_message = "broker.unacked_scan_interval_s must be >= 0 and broker.unacked_scan_cap a whole number >= 0."
   }
 
   validation {
-    condition     = var.broker.socket_timeout_seconds > 0
-    error_message = "broker.socket_timeout_seconds must be > 0."
+    condition     = var.broker.socket_timeout_s > 0
+    error_message = "broker.socket_timeout_s must be > 0."
   }
 }
 
@@ -538,24 +539,24 @@ variable "broker_auth_token" {
 
 variable "scaler" {
   description = <<-EOT
-    The scaler Lambda. Every minute (schedule_expression) one invocation runs ticks_per_invocation ticks, tick_interval_seconds apart.
+    The scaler Lambda. Every minute (schedule_expression) one invocation runs ticks_per_invocation ticks, tick_interval_s apart.
     package_path defaults to the committed zip (lambda/dist/celery-autoscaler-lambda.zip); s3_bucket + s3_key use a package from S3 instead.
     dry_run decides and logs without UpdateService. tracing_mode: "PassThrough" (no sampling) or "Active" (X-Ray traces; grants the X-Ray write policy).
   EOT
   type = object({
-    enabled               = optional(bool, true)
-    package_path          = optional(string)
-    s3_bucket             = optional(string)
-    s3_key                = optional(string)
-    s3_object_version     = optional(string)
-    memory_size           = optional(number, 256)
-    timeout               = optional(number, 70)
-    schedule_expression   = optional(string, "rate(1 minute)")
-    tick_interval_seconds = optional(number, 15)
-    ticks_per_invocation  = optional(number, 4)
-    dry_run               = optional(bool, false)
-    metrics_namespace     = optional(string, "CeleryAutoscaler")
-    tracing_mode          = optional(string, "PassThrough")
+    enabled              = optional(bool, true)
+    package_path         = optional(string)
+    s3_bucket            = optional(string)
+    s3_key               = optional(string)
+    s3_object_version    = optional(string)
+    memory_size          = optional(number, 256)
+    timeout              = optional(number, 70)
+    schedule_expression  = optional(string, "rate(1 minute)")
+    tick_interval_s      = optional(number, 15)
+    ticks_per_invocation = optional(number, 4)
+    dry_run              = optional(bool, false)
+    metrics_namespace    = optional(string, "CeleryAutoscaler")
+    tracing_mode         = optional(string, "PassThrough")
   })
   default  = {}
   nullable = false
@@ -591,13 +592,13 @@ variable "scaler" {
   }
 
   validation {
-    condition     = var.scaler.tick_interval_seconds > 0 && var.scaler.ticks_per_invocation >= 1 && floor(var.scaler.ticks_per_invocation) == var.scaler.ticks_per_invocation
-    error_message = "scaler.tick_interval_seconds must be > 0 and scaler.ticks_per_invocation a whole number >= 1."
+    condition     = var.scaler.tick_interval_s > 0 && var.scaler.ticks_per_invocation >= 1 && floor(var.scaler.ticks_per_invocation) == var.scaler.ticks_per_invocation
+    error_message = "scaler.tick_interval_s must be > 0 and scaler.ticks_per_invocation a whole number >= 1."
   }
 
   validation {
-    condition     = var.scaler.tick_interval_seconds * var.scaler.ticks_per_invocation <= var.scaler.timeout
-    error_message = "scaler.ticks_per_invocation x scaler.tick_interval_seconds must fit in scaler.timeout."
+    condition     = var.scaler.tick_interval_s * var.scaler.ticks_per_invocation <= var.scaler.timeout
+    error_message = "scaler.ticks_per_invocation x scaler.tick_interval_s must fit in scaler.timeout."
   }
 
   validation {
@@ -665,10 +666,10 @@ variable "iam_permissions_boundary" {
 variable "monitoring" {
   description = "CloudWatch dashboard (queue depth, in-flight, oldest task age, desired/running per pool from the scaler's metrics) and alarms (scaler errors, Lambda errors, dead letters, oldest task age per pool). alarm_actions: SNS topic ARNs notified on alarm and OK."
   type = object({
-    dashboard                     = optional(bool, true)
-    alarms                        = optional(bool, true)
-    alarm_actions                 = optional(list(string), [])
-    oldest_task_age_alarm_seconds = optional(number, 900)
+    dashboard               = optional(bool, true)
+    alarms                  = optional(bool, true)
+    alarm_actions           = optional(list(string), [])
+    oldest_task_age_alarm_s = optional(number, 900)
   })
   default  = {}
   nullable = false
@@ -679,7 +680,7 @@ variable "monitoring" {
   }
 
   validation {
-    condition     = var.monitoring.oldest_task_age_alarm_seconds > 0
-    error_message = "monitoring.oldest_task_age_alarm_seconds must be > 0."
+    condition     = var.monitoring.oldest_task_age_alarm_s > 0
+    error_message = "monitoring.oldest_task_age_alarm_s must be > 0."
   }
 }

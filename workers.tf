@@ -95,7 +95,7 @@ resource "aws_ecs_service" "worker" {
   name                    = local.pool_services[each.key]
   cluster                 = local.cluster_arn
   task_definition         = aws_ecs_task_definition.worker[each.key].arn
-  desired_count           = each.value.min
+  desired_count           = each.value.scaling.min_workers
   platform_version        = "LATEST"
   enable_execute_command  = var.enable_execute_command
   enable_ecs_managed_tags = true
@@ -127,7 +127,7 @@ resource "aws_ecs_service" "worker" {
 
   tags = merge(local.tags, { "celery-ecs-autoscaler:pool" = each.key })
 
-  # The scaler owns desired_count; Terraform sets it once (the pool's min) and never resets it.
+  # The scaler owns desired_count; Terraform sets it once (the pool's min_workers) and never resets it.
   lifecycle {
     ignore_changes = [desired_count]
   }

@@ -50,21 +50,20 @@ variables {
       image       = "registry.example.com/app:1"
       queues      = ["celery", "emails"]
       concurrency = 4
-      min         = 1
-      max         = 20
       spot_weight = 50
+      scaling     = { min_workers = 1, max_workers = 20 }
     }
     reports = {
-      image                  = "registry.example.com/app:1"
-      queues                 = ["reports"]
-      cpu                    = 1024
-      memory                 = 2048
-      architecture           = "ARM64"
-      target_latency_seconds = 30
-      shutdown               = "soft"
-      stop_timeout           = 60
-      environment            = { DJANGO_SETTINGS_MODULE = "proj.settings" }
-      secrets                = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+      image        = "registry.example.com/app:1"
+      queues       = ["reports"]
+      cpu          = 1024
+      memory       = 2048
+      architecture = "ARM64"
+      shutdown     = "soft"
+      stop_timeout = 60
+      environment  = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      secrets      = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+      scaling      = { target_latency_s = 30 }
     }
   }
   beat = { enabled = true }
@@ -75,7 +74,7 @@ run "workers_start_at_min_and_get_the_broker_url_as_a_secret" {
 
   assert {
     condition     = aws_ecs_service.worker["default"].desired_count == 1 && aws_ecs_service.worker["reports"].desired_count == 0
-    error_message = "Each service must start at its pool's min."
+    error_message = "Each service must start at its pool's scaling.min_workers."
   }
 
   assert {
@@ -127,33 +126,32 @@ run "services_ignore_desired_count" {
         image       = "registry.example.com/app:1"
         queues      = ["celery", "emails"]
         concurrency = 4
-        min         = 3
-        max         = 20
         spot_weight = 50
+        scaling     = { min_workers = 3, max_workers = 20 }
       }
       reports = {
-        image                  = "registry.example.com/app:1"
-        queues                 = ["reports"]
-        cpu                    = 1024
-        memory                 = 2048
-        architecture           = "ARM64"
-        target_latency_seconds = 30
-        shutdown               = "soft"
-        stop_timeout           = 60
-        environment            = { DJANGO_SETTINGS_MODULE = "proj.settings" }
-        secrets                = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+        image        = "registry.example.com/app:1"
+        queues       = ["reports"]
+        cpu          = 1024
+        memory       = 2048
+        architecture = "ARM64"
+        shutdown     = "soft"
+        stop_timeout = 60
+        environment  = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+        secrets      = { API_KEY = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf:key::" }
+        scaling      = { target_latency_s = 30 }
       }
     }
   }
 
   assert {
     condition     = aws_ecs_service.worker["default"].desired_count == 1
-    error_message = "A changed min must not reset the desired count the scaler owns (lifecycle ignore_changes)."
+    error_message = "A changed min_workers must not reset the desired count the scaler owns (lifecycle ignore_changes)."
   }
 
   assert {
     condition     = output.scaler_config.pools.default.min_workers == 3
-    error_message = "The new min reaches the scaler's configuration."
+    error_message = "The new min_workers reaches the scaler's configuration."
   }
 }
 

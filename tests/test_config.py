@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from celery_autoscaler.config import DEFAULT_PRIORITY_SEP, ConfigError, load_config, parse_config
+from celery_autoscaler.config import (
+    DEFAULT_PRIORITY_SEP,
+    BrokerConfig,
+    ConfigError,
+    PoolConfig,
+    ScalerConfig,
+    load_config,
+    parse_config,
+)
 
 pytestmark = pytest.mark.unit  # the fast tier: make test-unit
 
@@ -91,3 +102,51 @@ def test_invalid_json_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"^\(root\): not valid JSON"):
         load_config("{pools:")
     assert load_config(json.dumps(VALID)).cluster == "celery"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIABLES = (ROOT / "variables.tf").read_text()
+
+
+def _object_block(start: str, end: str) -> dict[str, Any]:
+    """``name = optional(type[, default])`` lines of one variable's object type, defaults decoded."""
+    block = VARIABLES[VARIABLES.index(start) :]
+    block = block[: block.index(end)]
+    attributes: dict[str, Any] = {}
+    for name, default in re.findall(r"^\s*(\w+)\s*=\s*optional\((?:\w+|\w+\(\w+\))(?:,\s*(.+?))?\)$", block, re.M):
+        attributes[name] = json.loads(default) if default else None
+    return attributes
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def test_terraform_scaling_settings_are_the_pool_schema_with_its_defaults() -> None:
+    # worker_pools.NAME.scaling passes through to pools.NAME unchanged (main.tf merges it), so
+    # its names and defaults must be PoolConfig's; concurrency is the pool's own, with the same default.
+    scaling = _object_block("    scaling = optional(object({", "}), {})")
+    pool_defaults = _defaults(PoolConfig)
+    assert set(scaling) == set(pool_defaults) - {"concurrency"}
+    assert scaling == {name: pool_defaults[name] for name in scaling}
+    pool = _object_block('variable "worker_pools"', "    scaling = optional(")
+    assert pool["concurrency"] == pool_defaults["concurrency"]
+
+
+@pytest.mark.parametrize(("variable", "cls"), [("broker", BrokerConfig), ("scaler", ScalerConfig)])
+def test_terraform_defaults_are_the_scalers(variable: str, cls: type) -> None:
+    # Attributes the module passes to the scaler carry its names and defaults (the rest are the module's own).
+    attributes = _object_block(f'variable "{variable}"', "  nullable")
+    shared = {name: attributes[name] for name in _defaults(cls) if name in attributes}
+    assert shared == {name: _defaults(cls)[name] for name in shared}
+    assert len(shared) >= 4
+
+
+def test_module_test_keys_are_the_config_schema() -> None:
+    # tests/module.tftest.hcl asserts the built config's keys equal these lists; they must be config.py's.
+    hcl = (ROOT / "tests/module.tftest.hcl").read_text()
+    run = hcl[hcl.index('run "scaler_config_matches_the_python_schema"') :]
+    top, broker, pool = (set(re.findall(r'"(\w+)"', body)) for body in re.findall(r"toset\(\[(.*?)\]\)", run, re.S)[:3])
+    assert top == {f.name for f in dataclasses.fields(ScalerConfig)}
+    assert broker == {f.name for f in dataclasses.fields(BrokerConfig)} - {"url"}
+    assert pool == {f.name for f in dataclasses.fields(PoolConfig)} - {"name"}

@@ -130,16 +130,16 @@ def test_simulated_workers_and_scaler_defaults_are_the_modules() -> None:
         return found.group(1).strip()
 
     settings, scaler = SimSettings(), PoolConfig(name="p", service="s", queues=("celery",))
-    assert int(default("concurrency")) == DEFAULT_POOL.concurrency
+    assert int(default("concurrency")) == scaler.concurrency == DEFAULT_POOL.concurrency
     assert (int(default("cpu")) / 1024, int(default("memory")) / 1024) == (settings.vcpu, settings.memory_gb)
     assert float(default("stop_timeout")) == settings.stop_timeout_s
     assert default("shutdown") == '"warm"'
     assert (default("scale_in_protection") == "true") is settings.scale_in_protection is True
-    assert float(default("scale_in_window_seconds")) == scaler.scale_in_window_s == DEFAULT_POOL.scale_in_window_s
-    assert float(default("idle_window_seconds")) == scaler.idle_window_s == DEFAULT_POOL.idle_window_s
+    assert float(default("scale_in_window_s")) == scaler.scale_in_window_s == DEFAULT_POOL.scale_in_window_s
+    assert float(default("idle_window_s")) == scaler.idle_window_s == DEFAULT_POOL.idle_window_s
     assert float(default("max_scale_in_percent")) == scaler.max_scale_in_percent
     assert float(default("target_utilisation")) == scaler.target_utilisation
-    assert float(default("stale_after_seconds")) == scaler.stale_after_s
+    assert float(default("stale_after_s")) == scaler.stale_after_s
     workers = (ROOT / "workers.tf").read_text()
     assert re.search(r'CELERY_TASK_ACKS_LATE\s*=\s*"true"', workers)
     assert settings.acks_late is True

@@ -318,7 +318,7 @@ run "pool_min_negative" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], min = -1 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { min_workers = -1 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -328,7 +328,7 @@ run "pool_max_zero" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], min = 0, max = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { min_workers = 0, max_workers = 0 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -338,7 +338,7 @@ run "pool_min_above_max" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], min = 5, max = 4 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { min_workers = 5, max_workers = 4 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -348,7 +348,7 @@ run "pool_target_backlog_not_positive" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], target_backlog_per_worker = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { target_backlog_per_worker = 0 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -358,7 +358,7 @@ run "pool_target_latency_not_positive" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], target_latency_seconds = -5 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { target_latency_s = -5 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -368,7 +368,7 @@ run "pool_target_utilisation_above_one" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], target_utilisation = 1.5 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { target_utilisation = 1.5 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -458,7 +458,7 @@ run "pool_max_scale_out_step_zero" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], max_scale_out_step = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { max_scale_out_step = 0 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -468,7 +468,7 @@ run "pool_max_scale_in_percent_zero" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], max_scale_in_percent = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { max_scale_in_percent = 0 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -478,7 +478,7 @@ run "pool_window_negative" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], idle_window_seconds = -1 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { idle_window_s = -1 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -488,7 +488,7 @@ run "pool_stale_after_zero" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], stale_after_seconds = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { stale_after_s = 0 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -498,7 +498,7 @@ run "pool_fallback_outside_bounds" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], min = 1, max = 4, fallback_count = 5 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { min_workers = 1, max_workers = 4, fallback_count = 5 } } }
   }
 
   expect_failures = [var.worker_pools]
@@ -508,7 +508,7 @@ run "pool_age_alarm_not_positive" {
   command = plan
 
   variables {
-    worker_pools = { default = { image = "app:1", queues = ["celery"], age_alarm_seconds = 0 } }
+    worker_pools = { default = { image = "app:1", queues = ["celery"], oldest_task_age_alarm_s = 0 } }
   }
 
   expect_failures = [var.worker_pools]
@@ -700,7 +700,7 @@ run "broker_socket_timeout_zero" {
   command = plan
 
   variables {
-    broker = { socket_timeout_seconds = 0 }
+    broker = { socket_timeout_s = 0 }
   }
 
   expect_failures = [var.broker]
@@ -810,7 +810,7 @@ run "scaler_ticks_exceed_timeout" {
   command = plan
 
   variables {
-    scaler = { tick_interval_seconds = 30, ticks_per_invocation = 4, timeout = 70 }
+    scaler = { tick_interval_s = 30, ticks_per_invocation = 4, timeout = 70 }
   }
 
   expect_failures = [var.scaler]
@@ -890,7 +890,7 @@ run "age_alarm_threshold" {
   command = plan
 
   variables {
-    monitoring = { oldest_task_age_alarm_seconds = 0 }
+    monitoring = { oldest_task_age_alarm_s = 0 }
   }
 
   expect_failures = [var.monitoring]

@@ -127,25 +127,25 @@ module "celery" {
       image       = var.image
       queues      = ["celery", "emails"]
       concurrency = 4
-      min         = 0
-      max         = 20
       spot_weight = 50
-      # Size for ~8 waiting or running tasks per worker (2 x concurrency).
-      target_backlog_per_worker = 8
-      environment               = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      environment = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      scaling = {
+        min_workers = 0
+        max_workers = 20
+        # Size for ~8 waiting or running tasks per worker (2 x concurrency).
+        target_backlog_per_worker = 8
+      }
     }
     reports = {
-      image                  = var.image
-      queues                 = ["reports"]
-      cpu                    = 1024
-      memory                 = 2048
-      architecture           = "ARM64"
-      concurrency            = 2
-      min                    = 0
-      max                    = 5
-      target_latency_seconds = 60
-      stop_timeout           = 120
-      environment            = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      image        = var.image
+      queues       = ["reports"]
+      cpu          = 1024
+      memory       = 2048
+      architecture = "ARM64"
+      concurrency  = 2
+      stop_timeout = 120
+      environment  = { DJANGO_SETTINGS_MODULE = "proj.settings" }
+      scaling      = { min_workers = 0, max_workers = 5, target_latency_s = 60 }
     }
   }
 

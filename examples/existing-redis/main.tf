@@ -68,7 +68,7 @@ module "celery" {
       image       = var.image
       queues      = ["celery"]
       concurrency = 4
-      max         = 10
+      scaling     = { max_workers = 10 }
     }
   }
 

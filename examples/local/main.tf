@@ -88,31 +88,35 @@ module "celery" {
     url_secret_arn = aws_secretsmanager_secret_version.broker.arn
     # Attribute in-flight tasks to queues on every tick: the demo's unacked hash is small, and its
     # short windows need in-flight counts that are seconds old, not a minute.
-    unacked_scan_interval_seconds = 0
+    unacked_scan_interval_s = 0
   }
 
   worker_pools = {
     # Short jobs (about a second) in bursts: many workers, four tasks each.
     default = {
-      image                   = var.image
-      queues                  = ["default"]
-      concurrency             = 4
-      max                     = 6
-      scale_in_window_seconds = var.scale_in_window_seconds
-      idle_window_seconds     = var.idle_window_seconds
+      image       = var.image
+      queues      = ["default"]
+      concurrency = 4
+      scaling = {
+        max_workers       = 6
+        scale_in_window_s = var.scale_in_window_s
+        idle_window_s     = var.idle_window_s
+      }
     }
     # Longer jobs on their own queue, so a burst of e-mails never delays a report (or the reverse).
     reports = {
-      image                   = var.image
-      queues                  = ["reports"]
-      concurrency             = 2
-      max                     = 4
-      scale_in_window_seconds = var.scale_in_window_seconds
-      idle_window_seconds     = var.idle_window_seconds
+      image       = var.image
+      queues      = ["reports"]
+      concurrency = 2
+      scaling = {
+        max_workers       = 4
+        scale_in_window_s = var.scale_in_window_s
+        idle_window_s     = var.idle_window_s
+      }
     }
   }
 
   scaler = {
-    tick_interval_seconds = var.tick_interval_seconds
+    tick_interval_s = var.tick_interval_s
   }
 }

@@ -22,19 +22,19 @@ variable "image" {
   default     = "celery-demo-app:latest"
 }
 
-variable "tick_interval_seconds" {
+variable "tick_interval_s" {
   description = "The scaler's tick (the demo's QUICK profile shortens it)."
   type        = number
   default     = 15
 }
 
-variable "scale_in_window_seconds" {
+variable "scale_in_window_s" {
   description = "How long a pool's highest recommendation holds before it scales in."
   type        = number
   default     = 45
 }
 
-variable "idle_window_seconds" {
+variable "idle_window_s" {
   description = "How long a pool must be idle before it goes to zero."
   type        = number
   default     = 45

@@ -48,9 +48,9 @@ module "celery" {
 
   worker_pools = {
     default = {
-      image  = var.image
-      queues = ["celery"]
-      max    = 5
+      image   = var.image
+      queues  = ["celery"]
+      scaling = { max_workers = 5 }
     }
   }
 

@@ -46,7 +46,7 @@ class PoolConfig:
     name: str
     service: str
     queues: tuple[str, ...]
-    concurrency: int = 1
+    concurrency: int = 2
     min_workers: int = 0
     max_workers: int = 10
     target_utilisation: float = 1.0

@@ -331,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "aws_endpoint": endpoint,
                 "redis_url": db.url,
-                "tick_interval_seconds": f"{profile.tick_interval_s:g}",
-                "scale_in_window_seconds": f"{profile.scale_in_window_s:g}",
-                "idle_window_seconds": f"{profile.idle_window_s:g}",
+                "tick_interval_s": f"{profile.tick_interval_s:g}",
+                "scale_in_window_s": f"{profile.scale_in_window_s:g}",
+                "idle_window_s": f"{profile.idle_window_s:g}",
             },
         )
         stack.enter_context(applied(terraform))

@@ -49,8 +49,8 @@ METRICS = (
     "slo_violation_minutes",
     "tasks_killed",
 )
-DEFAULT_POOL = PoolConfig(name="workers", service="celery-workers", queues=("celery",), concurrency=2, max_workers=100)
-"""The module's worker defaults (concurrency 2, 0.25 vCPU / 0.5 GB) with room for the built-in bursts."""
+DEFAULT_POOL = PoolConfig(name="workers", service="celery-workers", queues=("celery",), max_workers=100)
+"""The module's pool defaults (concurrency 2) with room (max_workers 100) for the built-in bursts."""
 
 
 def expand(names: Iterable[str]) -> tuple[str, ...]:
