@@ -6,13 +6,17 @@ scaler is stubbed.
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
+from moto.core.botocore_stubber import MockRawResponse
 from moto.server import ThreadedMotoServer
 
 REGION = "eu-west-1"
@@ -123,3 +127,126 @@ def metric_data_from_emf(document: dict[str, Any]) -> tuple[str, list[dict[str, 
         for metric in directive["Metrics"]
     ]
     return directive["Namespace"], data
+
+
+# Fault injection at botocore's event hooks: the real client, moto behind it, one fault in between.
+# ``when`` sees the call's JSON parameters (ECS and DynamoDB speak JSON) and picks the calls to hit;
+# ``times`` bounds how many are hit (None: all). Each returns the parameters of the calls it hit.
+
+Match = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class _Hits:
+    """Which calls a fault hits: those ``when`` picks, at most ``times`` of them; ``calls`` records each."""
+
+    when: Match | None
+    times: int | None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self, body: bytes | str | None) -> bool:
+        params = json.loads(body or "{}")
+        if (self.times is not None and len(self.calls) >= self.times) or (self.when and not self.when(params)):
+            return False
+        self.calls.append(params)
+        return True
+
+
+def error_response(code: str, status: int = 400, message: str = "injected fault") -> AWSResponse:
+    """An AWS JSON-protocol error answer, as the service sends it."""
+    body = json.dumps({"__type": code, "message": message})
+    headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": "fault"}
+    return AWSResponse("https://fault.invalid/", status, headers, MockRawResponse(body))  # type: ignore[arg-type]
+
+
+def answer_sends(
+    client: Any, operation: str, code: str, *, when: Match | None = None, times: int | None = None
+) -> list[dict[str, Any]]:
+    """Answer HTTP attempts of ``operation`` with the error ``code`` (botocore's retries see every attempt).
+
+    For reads only: moto still receives the request (its answer is discarded), so a write would apply.
+    """
+    hits = _Hits(when, times)
+
+    def answer(request: Any, **_: Any) -> AWSResponse | None:
+        return error_response(code) if hits.take(request.body) else None
+
+    client.meta.events.register_first(f"before-send.{_service(client)}.{operation}", answer)
+    return hits.calls
+
+
+def raise_on_send(
+    client: Any,
+    operation: str,
+    error: Callable[[], Exception],
+    *,
+    applied: bool,
+    when: Match | None = None,
+    times: int | None = None,
+) -> list[dict[str, Any]]:
+    """Raise ``error()`` at HTTP attempts of ``operation``: a connect timeout (``applied=False``: moto never
+    sees the request) or a read timeout (``applied=True``: moto applied it, the answer is lost)."""
+    hits = _Hits(when, times)
+
+    def fail(request: Any, **_: Any) -> None:
+        if hits.take(request.body):
+            raise error()
+
+    register = client.meta.events.register if applied else client.meta.events.register_first
+    register(f"before-send.{_service(client)}.{operation}", fail)
+    return hits.calls
+
+
+def refuse_calls(
+    client: Any, operation: str, code: str, *, when: Match | None = None, times: int | None = None
+) -> list[dict[str, Any]]:
+    """Refuse whole calls of ``operation`` with the error ``code`` before they are sent (no retry; moto
+    never sees them): a write that must not apply, or a refusal botocore would not retry anyway."""
+    hits = _Hits(when, times)
+
+    def refuse(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        if not hits.take(params.get("body")):
+            return None
+        parsed = {"Error": {"Code": code, "Message": "injected fault"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+        return error_response(code), parsed
+
+    client.meta.events.register_first(f"before-call.{_service(client)}.{operation}", refuse)
+    return hits.calls
+
+
+def _service(client: Any) -> str:
+    return str(client.meta.service_model.service_id.hyphenize())
+
+
+def leave_unprocessed(client: Any, pools: Sequence[str], *, times: int | None = None) -> list[int]:
+    """Make BatchGetItem answer ``pools``' keys as UnprocessedKeys (as DynamoDB does when throttled),
+    rewriting moto's parsed answer ``times`` times (None: always); returns each rewrite's key count."""
+    rewrites: list[int] = []
+
+    def rewrite(parsed: dict[str, Any], **_: Any) -> None:
+        if times is not None and len(rewrites) >= times:
+            return
+        moved = 0
+        for table, items in parsed.get("Responses", {}).items():
+            keep = [item for item in items if item["pool"]["S"] not in pools]
+            unprocessed = [{"pool": item["pool"]} for item in items if item["pool"]["S"] in pools]
+            parsed["Responses"][table] = keep
+            if unprocessed:
+                entry = parsed.setdefault("UnprocessedKeys", {}).setdefault(table, {"ConsistentRead": True})
+                entry.setdefault("Keys", []).extend(unprocessed)
+                moved += len(unprocessed)
+        rewrites.append(moved)
+
+    client.meta.events.register("after-call.dynamodb.BatchGetItem", rewrite)
+    return rewrites
+
+
+def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the waits botocore's retries would sleep, without sleeping (the tests never wait)."""
+    import types
+
+    import botocore.endpoint
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=sleeps.append))
+    return sleeps

@@ -7,13 +7,24 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.utils import generate_instance_identity_document
 from moto.ecs import ecs_backends
-from moto_aws import CLUSTER, REGION, aws_env, count_calls, create_services
+from moto_aws import (
+    CLUSTER,
+    REGION,
+    answer_sends,
+    aws_env,
+    botocore_sleeps,
+    count_calls,
+    create_services,
+    raise_on_send,
+)
 
-from celery_autoscaler.ecs import MISSING, EcsActuator, EcsError, ServiceStatus, require_active
+from celery_autoscaler.aws import CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S
+from celery_autoscaler.ecs import MISSING, UNREAD, EcsActuator, EcsError, ServiceStatus, require_active
 
 
 @pytest.fixture
@@ -73,10 +84,55 @@ def test_draining_service_is_refused() -> None:
 
 
 @pytest.mark.usefixtures("aws")
-def test_missing_cluster_raises_ecs_error_naming_it() -> None:
+def test_missing_cluster_leaves_every_service_unread_naming_it() -> None:
     create_services(["default"])
-    with pytest.raises(EcsError, match=r"cluster 'nope'"):
-        EcsActuator("nope").describe(["default"])
+    status = EcsActuator("nope").describe(["default"])["default"]
+    assert status.status == UNREAD
+    with pytest.raises(EcsError, match=r"DescribeServices failed for cluster 'nope' \(default\).*ClusterNotFound"):
+        require_active(status, "default", "nope")
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_failing_batch_leaves_only_its_own_services_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps = botocore_sleeps(monkeypatch)
+    names = [f"pool-{i:02d}" for i in range(25)]
+    create_services(names, desired=2)
+    actuator = EcsActuator(CLUSTER)  # the Lambda's own client: bounded standard retries
+    throttled = answer_sends(
+        actuator.client, "DescribeServices", "ThrottlingException", when=lambda p: "pool-12" in p["services"]
+    )
+    statuses = actuator.describe(names)
+    assert len(throttled) == MAX_ATTEMPTS, "botocore retried the throttled batch, a bounded number of times"
+    assert len(sleeps) == MAX_ATTEMPTS - 1
+    unread = {name for name, status in statuses.items() if status.error is not None}
+    assert unread == set(names[10:20])
+    assert "ThrottlingException" in (statuses["pool-12"].error or "")
+    assert all(
+        statuses[name].desired == 2 and statuses[name].status == "ACTIVE" for name in names if name not in unread
+    )
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_read_timeout_is_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    botocore_sleeps(monkeypatch)
+    create_services(["default"], desired=1)
+    actuator = EcsActuator(CLUSTER)
+    timeouts = raise_on_send(
+        actuator.client, "DescribeServices", lambda: ReadTimeoutError(endpoint_url="https://ecs"), applied=True
+    )
+    status = actuator.describe(["default"])["default"]
+    assert len(timeouts) == MAX_ATTEMPTS
+    assert status.error is not None
+    assert "Read timeout" in status.error
+    with pytest.raises(EcsError, match="Read timeout"):
+        require_active(status, "default", CLUSTER)
+
+
+@pytest.mark.usefixtures("aws")
+def test_clients_are_made_with_the_scalers_timeouts_and_retries() -> None:
+    config = EcsActuator(CLUSTER).client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+    assert config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
 
 
 @pytest.mark.usefixtures("aws")

@@ -24,6 +24,7 @@ from moto_aws import (
     create_state_table,
     free_port,
     metric_data_from_emf,
+    raise_on_send,
 )
 
 from celery_autoscaler.config import ScalerConfig, parse_config
@@ -32,7 +33,7 @@ from celery_autoscaler.policy import PoolState
 from celery_autoscaler.probe.redis import RedisProbe
 from celery_autoscaler.state import DynamoStateStore, InMemoryStateStore, StateStore
 from celery_autoscaler.telemetry import Telemetry
-from celery_autoscaler.tick import TickResult, run_tick
+from celery_autoscaler.tick import Fault, TickResult, run_tick
 
 DB = 5
 T0 = 1_800_000_000.0
@@ -367,3 +368,100 @@ def test_put_metric_data_accepts_the_emf_values(rig: Rig) -> None:
         cloudwatch.put_metric_data(Namespace=namespace, MetricData=data)
     listed = cloudwatch.list_metrics(Namespace="Test/Autoscaler", MetricName="QueueDepth")["Metrics"]
     assert {tuple(sorted(d["Name"] for d in m["Dimensions"])) for m in listed} == {("Pool",), ("Pool", "Queue")}
+
+
+def emf_for(rig: Rig, pool: str) -> list[dict[str, Any]]:
+    """The pool-level EMF documents of ``pool``, one per tick."""
+    return [
+        line
+        for line in rig.lines()
+        if "_aws" in line and line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Pool"]] and line["Pool"] == pool
+    ]
+
+
+def test_a_corrupt_state_item_holds_its_pool_and_heals_without_an_early_scale_in(rig: Rig, aws: Any) -> None:
+    aws.update_service(cluster=CLUSTER, service="worker-video", desiredCount=3)
+    boto3.client("dynamodb", region_name=REGION).put_item(
+        TableName="celery-autoscaler-state",
+        Item={"pool": {"S": "video"}, "version": {"N": "4"}, "state": {"S": "{truncated"}},
+    )
+    publish(8, "celery", T0)
+    first = rig.tick()
+    default, video = first.outcomes
+    assert default.acted, "the other pool decides normally"
+    assert not video.acted
+    assert video.decision is None
+    assert video.faults == (Fault.STATE,)
+    assert video.error is not None
+    assert "state unreadable (state item is not JSON" in video.error
+    assert "holding at 3, not acting; state reset to the current count" in video.error
+    assert rig.desired("worker-video") == 3
+    log = next(line for line in rig.lines() if line.get("pool") == "video")
+    assert log["error"] == video.error
+    assert log["faults"] == ["state"]
+    assert emf_for(rig, "video")[0]["StateErrors"] == 1
+    assert "StateErrors" not in emf_for(rig, "default")[0], "fault metrics only on the pools that had the fault"
+
+    healed = rig.store.load(["video"])["video"]
+    assert healed == PoolState(recommendations=((T0, 3),), last_desired=3, consecutive_failures=1, version=5), (
+        "numbered after the corrupt item's version"
+    )
+    # Nothing waits on "video": a fresh state would scale it in at once; the seeded window holds 3 for 30 s.
+    rig.clock.now += 15
+    second = rig.tick().outcomes[1]
+    assert second.error is None
+    assert second.decision is not None
+    assert second.decision.desired == 3
+    assert rig.desired("worker-video") == 3
+    rig.clock.now += 15
+    assert rig.tick().outcomes[1].acted, "after one full window the pool scales in as usual"
+    assert rig.desired("worker-video") < 3
+
+
+def test_a_bug_while_handling_one_pool_is_reported_on_it_and_the_others_act(rig: Rig) -> None:
+    raise_on_send(
+        rig.actuator.client,
+        "UpdateService",
+        lambda: RuntimeError("hook exploded"),
+        applied=False,
+        when=lambda params: params["service"] == "worker-video",
+    )
+    publish(8, "celery", T0)
+    publish(2, "video", T0)
+    default, video = rig.tick().outcomes
+    assert default.acted
+    assert rig.desired() == 2
+    assert not video.acted
+    assert video.faults == (Fault.BUG,)
+    assert video.error == "scaler bug in pool 'video': RuntimeError: hook exploded"
+    log = next(line for line in rig.lines() if line.get("pool") == "video")
+    assert log["level"] == "ERROR"
+    assert "Traceback (most recent call last)" in log["traceback"]
+    assert "set_desired" in log["traceback"]
+    assert emf_for(rig, "video")[0]["ScalerBugs"] == 1
+    assert rig.desired("worker-video") == 0
+
+
+class BrokenProbe:
+    """A probe with a bug: it raises something that is not BrokerUnavailableError."""
+
+    def measure(self, queues: Sequence[str]) -> Any:
+        raise KeyError("celery")
+
+
+def test_a_bug_in_the_probe_holds_every_pool_and_never_scales_in(rig: Rig, aws: Any) -> None:
+    aws.update_service(cluster=CLUSTER, service="worker-default", desiredCount=4)
+    rig.updates.clear()
+    telemetry = Telemetry(rig.config.metrics_namespace, stream=rig.stream)
+    result = run_tick(rig.config, BrokenProbe(), rig.actuator, rig.store, rig.clock.now, telemetry=telemetry)
+    assert result.broker_error == "scaler bug in the broker probe: KeyError: 'celery'"
+    for outcome in result.outcomes:
+        assert not outcome.acted
+        assert outcome.decision is not None
+        assert outcome.decision.reason.startswith("hold: broker unreadable")
+        assert outcome.faults == (Fault.BUG,)
+    assert rig.desired() == 4
+    assert rig.updates == []
+    logs = [line for line in rig.lines() if line.get("message") == "pool tick"]
+    assert all("KeyError" in line["traceback"] for line in logs)
+    assert emf_for(rig, "default")[0]["ScalerBugs"] == 1

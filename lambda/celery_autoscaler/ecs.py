@@ -3,6 +3,8 @@
 The boto3 client is created on first use, so importing this module (or building an
 ``EcsActuator`` in a test) costs nothing; boto3 itself honours ``AWS_ENDPOINT_URL`` and
 ``AWS_ENDPOINT_URL_ECS``, which is how the scaler runs against moto or any other emulator.
+A DescribeServices batch that fails (after botocore's bounded retries) marks only its own services
+unreadable, so one throttled or refused batch never holds the pools of the other batches.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from celery_autoscaler.aws import client_config
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -28,22 +32,31 @@ class EcsError(Exception):
     """ECS refused or could not answer; the message names the service and the cluster."""
 
 
+UNREAD = "UNREAD"
+"""The status of a service whose DescribeServices call failed (``error`` says why)."""
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
-    """One ECS service's counts as DescribeServices reported them; ``status`` is its failure reason if it failed."""
+    """One ECS service's counts as DescribeServices reported them; ``status`` is its failure reason if it failed.
+
+    ``error`` is set when the service could not be described at all (its batch failed): its counts
+    are unknown and its pool is not acted on.
+    """
 
     service: str
     desired: int
     running: int
     pending: int
     status: str
+    error: str | None = None
 
 
 class Actuator(Protocol):
     """What ``tick`` needs from ECS; the demo supplies its own (running counts from its task runner)."""
 
     def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
-        """Return every requested service, MISSING ones included; raise :class:`EcsError` if ECS cannot answer."""
+        """Every requested service, MISSING and unread (``error``) ones too; :class:`EcsError` if ECS cannot answer."""
         ...
 
     def set_desired(self, service: str, count: int) -> None:
@@ -62,6 +75,8 @@ class ProtectionReader(Protocol):
 
 def require_active(status: ServiceStatus | None, service: str, cluster: str) -> ServiceStatus:
     """Return ``status`` if the service can be scaled; else raise an :class:`EcsError` that says why."""
+    if status is not None and status.error is not None:
+        raise EcsError(status.error)
     if status is None or status.status == MISSING:
         raise EcsError(f"ECS service {service!r} not found in cluster {cluster!r}")
     if status.status == "INACTIVE":
@@ -85,7 +100,7 @@ class EcsActuator:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("ecs")
+            self._client = boto3.client("ecs", config=client_config())
         return self._client
 
     def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
@@ -98,9 +113,9 @@ class EcsActuator:
             try:
                 response = self.client.describe_services(cluster=self.cluster, services=batch)
             except (ClientError, BotoCoreError) as exc:
-                raise EcsError(
-                    f"DescribeServices failed for cluster {self.cluster!r} ({', '.join(batch)}): {exc}"
-                ) from exc
+                error = f"DescribeServices failed for cluster {self.cluster!r} ({', '.join(batch)}): {exc}"
+                result.update({name: ServiceStatus(name, 0, 0, 0, UNREAD, error) for name in batch})
+                continue
             for item in response.get("services", []):
                 name = item.get("serviceName", "")
                 result[name] = ServiceStatus(

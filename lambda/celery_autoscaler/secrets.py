@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from celery_autoscaler.aws import client_config
 from celery_autoscaler.config import BrokerConfig, ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def broker_url(broker: BrokerConfig, client: SecretsManagerClient | None = None)
     if client is None:
         import boto3
 
-        client = boto3.client("secretsmanager")
+        client = boto3.client("secretsmanager", config=client_config())
     try:
         response = client.get_secret_value(SecretId=broker.url_secret_arn)
     except ClientError as exc:

@@ -91,6 +91,11 @@ class Telemetry:
             self.stream.write(json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False) + "\n")
             self.stream.flush()
 
+    def tick_failed(self, exc: BaseException, *, now: float) -> None:
+        """A tick that raised as a whole (a bug outside every pool): the traceback and ``ScalerBugs`` without a pool."""
+        self.logger.error("tick failed", exc_info=exc, extra={"error": f"{type(exc).__name__}: {exc}"})
+        self._emit(emf_document(self.namespace, {}, {"ScalerBugs": (1, "Count")}, now))
+
     def pool(self, outcome: PoolOutcome, *, dry_run: bool, now: float) -> None:
         """One log line and the EMF metrics for one pool at one tick."""
         m = outcome.measurements
@@ -107,9 +112,12 @@ class Telemetry:
             "dry_run": dry_run,
             "conflict": outcome.conflict,
             "error": outcome.error,
+            "faults": list(outcome.faults),
             "protected_tasks": outcome.protected_tasks,
             "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
         }
+        if outcome.traceback is not None:
+            line["traceback"] = outcome.traceback
         level = logging.ERROR if outcome.error else logging.INFO
         self.logger.log(level, "pool tick", extra=line)
 
@@ -128,6 +136,8 @@ class Telemetry:
                     "ScalerErrors": (1 if outcome.error else 0, "Count"),
                     "UnreadableQueues": (sum(q.error is not None for q in queues) if queues else None, "Count"),
                     "UndeclaredQueues": (sum(q.declared is False for q in queues) if queues else None, "Count"),
+                    # One metric per fault kind, only on ticks that had it (BrokerErrors, StateErrors, ScalerBugs...).
+                    **{fault.metric: (1, "Count") for fault in outcome.faults if fault.metric is not None},
                 },
                 now,
             )

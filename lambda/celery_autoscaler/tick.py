@@ -5,18 +5,26 @@ probe, actuator, store and clock they pass in (the simulator calls the policy's 
 
 Safety rules kept here (the policy keeps the rest):
 - a pool whose ECS service could not be described is not acted on;
-- the broker unreadable -> every pool's load is ``None``, so the policy holds (never scales in);
-  one queue unreadable -> its pool holds with the error, every other pool decides normally;
+- the broker unreadable, or its reading stamped far from the tick's clock -> every pool's load is
+  ``None``, so the policy holds (never scales in); one queue unreadable -> its pool holds with the
+  error, every other pool decides normally;
+- a pool whose state could not be read (corrupt item, unprocessed key, refused table) is not acted
+  on; a corrupt item is replaced by a fresh state seeded with the current count (no scale-in for a
+  full window);
 - state is saved BEFORE acting, conditionally: if another invocation saved first, this one does
-  not act on that pool; without readable state no pool is acted on;
-- UpdateService only when the desired count differs, and never in dry-run.
+  not act on that pool;
+- UpdateService only when the desired count differs, and never in dry-run;
+- nothing raises out of a tick: an unexpected exception (a bug) is reported, with its traceback,
+  on the pools it concerns; the other pools still act.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from celery_autoscaler.config import PoolConfig, ScalerConfig
@@ -24,8 +32,56 @@ from celery_autoscaler.ecs import Actuator, EcsError, ProtectionReader, ServiceS
 from celery_autoscaler.measurements import BrokerMeasurements, PoolMeasurements, QueueMeasurement, pool_load
 from celery_autoscaler.policy import Decision, PoolState, decide
 from celery_autoscaler.probe import BrokerUnavailableError, Probe
-from celery_autoscaler.state import StateConflictError, StateStore, StateStoreError
+from celery_autoscaler.state import (
+    StateConflictError,
+    StateRepairer,
+    StateStore,
+    StateStoreError,
+    StoredState,
+    UnreadableState,
+)
 from celery_autoscaler.telemetry import Telemetry
+
+CLOCK_SKEW_S = 60.0
+"""A broker reading or a state timestamp further than this from the tick's clock is not trusted."""
+
+
+class Fault(StrEnum):
+    """Which part kept a pool from deciding or acting; each has its own metric (``metric``)."""
+
+    BROKER = "broker"
+    QUEUE = "queue"
+    CLOCK = "clock"
+    STATE = "state"
+    ECS = "ecs"
+    BUG = "bug"
+
+    @property
+    def metric(self) -> str | None:
+        """The EMF metric (value 1) a pool reports on a tick with this fault (queues: UnreadableQueues counts them)."""
+        return {
+            Fault.BROKER: "BrokerErrors",
+            Fault.QUEUE: None,
+            Fault.CLOCK: "ClockSkewErrors",
+            Fault.STATE: "StateErrors",
+            Fault.ECS: "EcsErrors",
+            Fault.BUG: "ScalerBugs",
+        }[self]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a pool (or every pool) could not decide or act this tick."""
+
+    message: str
+    fault: Fault
+    traceback: str | None = None
+
+    @classmethod
+    def bug(cls, where: str, exc: BaseException) -> Problem:
+        """An exception the scaler did not expect: a bug, reported with its traceback."""
+        text = "".join(traceback.format_exception(exc))
+        return cls(f"scaler bug in {where}: {type(exc).__name__}: {exc}", Fault.BUG, text)
 
 
 @dataclass(frozen=True)
@@ -33,7 +89,8 @@ class PoolOutcome:
     """What one tick saw and did for one pool.
 
     ``conflict`` means another invocation saved this pool's state first, so this one stood back;
-    it is expected under overlap and is not an error.
+    it is expected under overlap and is not an error. ``faults`` says which parts failed (``error``
+    says how); ``traceback`` is set when one of them was a bug.
     """
 
     pool: str
@@ -45,6 +102,17 @@ class PoolOutcome:
     conflict: bool = False
     queues: Mapping[str, QueueMeasurement] = field(default_factory=dict)
     protected_tasks: int | None = None
+    faults: tuple[Fault, ...] = ()
+    traceback: str | None = None
+
+    def with_problem(self, problem: Problem | None) -> PoolOutcome:
+        """This outcome with ``problem`` added to its error, faults and traceback."""
+        if problem is None:
+            return self
+        error = problem.message if self.error is None else f"{self.error}; {problem.message}"
+        return replace(
+            self, error=error, faults=(*self.faults, problem.fault), traceback=self.traceback or problem.traceback
+        )
 
     def measured(self) -> dict[str, Any]:
         """What was measured, JSON-able, ``None`` where unknown (the CLI's summary and the log line)."""
@@ -71,6 +139,7 @@ class PoolOutcome:
             "acted": self.acted,
             "conflict": self.conflict,
             "error": self.error,
+            "faults": list(self.faults),
             "protected_tasks": self.protected_tasks,
         }
 
@@ -92,46 +161,151 @@ class TickResult:
         return sum(1 for o in self.outcomes if o.acted)
 
 
-def _save_failure(store: StateStore, pool: str, state: PoolState) -> None:
+@dataclass(frozen=True)
+class _Readings:
+    """What the tick read once for all pools, and why a part of it is missing."""
+
+    statuses: Mapping[str, ServiceStatus]
+    describe_problem: Problem | None
+    broker: BrokerMeasurements | None
+    broker_problem: Problem | None
+    states: Mapping[str, StoredState]
+    state_problem: Problem | None
+
+
+def _describe(actuator: Actuator, services: Sequence[str]) -> tuple[dict[str, ServiceStatus], Problem | None]:
+    try:
+        return actuator.describe(services), None
+    except EcsError as exc:
+        return {}, Problem(str(exc), Fault.ECS)
+    except Exception as exc:  # a bug: no pool's service is known, so none is acted on
+        return {}, Problem.bug("describing the ECS services", exc)
+
+
+def _measure(probe: Probe, queues: Sequence[str], now: float) -> tuple[BrokerMeasurements | None, Problem | None]:
+    try:
+        broker = probe.measure(queues)
+    except BrokerUnavailableError as exc:
+        return None, Problem(f"broker unavailable: {exc}", Fault.BROKER)
+    except Exception as exc:  # a bug in the probe: every pool holds (never scales in) on no reading
+        return None, Problem.bug("the broker probe", exc)
+    skew = broker.measured_at - now
+    if abs(skew) > CLOCK_SKEW_S:
+        side = "ahead of" if skew > 0 else "behind"
+        return None, Problem(
+            f"broker reading stamped {abs(skew):.0f} s {side} the tick's clock (allowed {CLOCK_SKEW_S:g} s): "
+            "not trusted",
+            Fault.CLOCK,
+        )
+    return broker, None
+
+
+def _load(store: StateStore, pools: Sequence[str]) -> tuple[dict[str, StoredState], Problem | None]:
+    try:
+        return store.load(pools), None
+    except Exception as exc:  # a bug in the store: nothing was read, so nothing is repaired either
+        problem = Problem.bug("loading state", exc)
+        return {pool: UnreadableState("not read") for pool in pools}, problem
+
+
+def _trusted(stored: StoredState, now: float) -> PoolState | Problem:
+    """The state to decide on, or why there is none: unreadable, or stamped by a clock far ahead of this one."""
+    if isinstance(stored, UnreadableState):
+        return Problem(f"state unreadable ({stored.reason})", Fault.STATE)
+    stamps = (stored.idle_since, stored.last_action_at, *(t for t, _ in stored.recommendations))
+    ahead = max((t for t in stamps if t is not None), default=0.0) - now
+    if ahead > CLOCK_SKEW_S:
+        return Problem(
+            f"state untrusted (it holds a timestamp {ahead:.0f} s ahead of the tick's clock, "
+            f"allowed {CLOCK_SKEW_S:g} s)",
+            Fault.CLOCK,
+        )
+    return stored
+
+
+def _save_failure(store: StateStore, pool: str, state: StoredState) -> None:
     """Count a failed tick in the pool's state if the store lets us; a conflict or outage is fine."""
-    with contextlib.suppress(StateConflictError, StateStoreError):
-        store.save(pool, replace(state, consecutive_failures=state.consecutive_failures + 1))
+    if isinstance(state, PoolState):
+        with contextlib.suppress(StateConflictError, StateStoreError):
+            store.save(pool, replace(state, consecutive_failures=state.consecutive_failures + 1))
+
+
+def _reset_state(store: StateStore, pool: str, stored: StoredState, fresh: PoolState) -> bool:
+    """Replace an untrusted state with ``fresh``, conditionally; False when there is nothing to replace."""
+    if isinstance(stored, PoolState):
+        store.save(pool, replace(fresh, version=stored.version))
+        return True
+    if stored.item is not None and isinstance(store, StateRepairer):
+        store.repair(pool, stored, fresh)
+        return True
+    return False
+
+
+def _hold_untrusted(
+    outcome: PoolOutcome, problem: Problem, stored: StoredState, store: StateStore, status: ServiceStatus, now: float
+) -> PoolOutcome:
+    """Without trusted state the pool holds (no action at all) and its item is reset, when there is one.
+
+    The fresh state's window holds the current count, so the next ticks cannot scale in before a
+    full ``scale_in_window_s`` has passed, exactly as if that count had been recommended now.
+    """
+    fresh = PoolState(recommendations=((now, status.desired),), last_desired=status.desired, consecutive_failures=1)
+    held = replace(problem, message=f"{problem.message}: holding at {status.desired}, not acting")
+    try:
+        reset = _reset_state(store, outcome.pool, stored, fresh)
+    except StateConflictError:
+        return replace(outcome, conflict=True).with_problem(held)
+    except StateStoreError as exc:
+        return outcome.with_problem(replace(held, message=f"{held.message}; reset failed: {exc}"))
+    suffix = "; state reset to the current count" if reset else ""
+    return outcome.with_problem(replace(held, message=held.message + suffix))
 
 
 def _pool_tick(
     pool: PoolConfig,
     config: ScalerConfig,
-    status: ServiceStatus | None,
-    describe_error: str | None,
-    broker: BrokerMeasurements | None,
-    broker_error: str | None,
-    state: PoolState,
+    readings: _Readings,
     store: StateStore,
     actuator: Actuator,
     now: float,
     dry_run: bool,
 ) -> PoolOutcome:
+    broker = readings.broker
+    stored = readings.states[pool.name]
     queues = {q: broker.queues[q] for q in pool.queues} if broker is not None else {}
-    base = PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues)
+    base = (
+        PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues)
+        .with_problem(readings.broker_problem)
+        .with_problem(readings.state_problem)
+    )
+    trusted = _trusted(stored, now)
+    untrusted = trusted if isinstance(trusted, Problem) else None
+    if readings.describe_problem is not None:
+        _save_failure(store, pool.name, stored)
+        return base.with_problem(readings.describe_problem).with_problem(untrusted)
     try:
-        if describe_error is not None:
-            raise EcsError(describe_error)
-        status = require_active(status, pool.service, config.cluster)
+        status = require_active(readings.statuses.get(pool.service), pool.service, config.cluster)
     except EcsError as exc:
-        _save_failure(store, pool.name, state)
-        return replace(base, error=str(exc))
+        _save_failure(store, pool.name, stored)
+        return base.with_problem(Problem(str(exc), Fault.ECS)).with_problem(untrusted)
 
     load = pool_load(pool.queues, broker) if broker is not None else None
     measurements = PoolMeasurements(current_desired=status.desired, running=status.running, load=load)
-    decision = decide(measurements, pool, state, now)
     unreadable = "; ".join(f"queue {q!r} unreadable: {e}" for q, e in load.unreadable.items()) if load else ""
-    outcome = replace(base, measurements=measurements, decision=decision, error=broker_error or unreadable or None)
+    base = replace(base, measurements=measurements).with_problem(
+        Problem(unreadable, Fault.QUEUE) if unreadable else None
+    )
+    if isinstance(trusted, Problem):
+        return _hold_untrusted(base, trusted, stored, store, status, now)
+
+    decision = decide(measurements, pool, trusted, now)
+    outcome = replace(base, decision=decision)
     try:
         saved = store.save(pool.name, decision.new_state)
     except StateConflictError:
         return replace(outcome, conflict=True)
     except StateStoreError as exc:
-        return replace(outcome, error=str(exc))
+        return outcome.with_problem(Problem(str(exc), Fault.STATE))
 
     if decision.desired == status.desired:
         return outcome
@@ -143,7 +317,7 @@ def _pool_tick(
         actuator.set_desired(pool.service, decision.desired)
     except EcsError as exc:
         _save_failure(store, pool.name, saved)
-        return replace(outcome, error=str(exc))
+        return outcome.with_problem(Problem(str(exc), Fault.ECS))
     return replace(outcome, acted=True)
 
 
@@ -158,48 +332,20 @@ def run_tick(
     telemetry: Telemetry | None = None,
 ) -> TickResult:
     """Measure, decide and act once for every pool; see the module docstring for the safety rules."""
-    services = [pool.service for pool in config.pools]
-    statuses: dict[str, ServiceStatus] = {}
-    describe_error: str | None = None
-    try:
-        statuses = actuator.describe(services)
-    except EcsError as exc:
-        describe_error = str(exc)
-
-    broker: BrokerMeasurements | None = None
-    broker_error: str | None = None
-    try:
-        broker = probe.measure(config.queues)
-    except BrokerUnavailableError as exc:
-        broker_error = f"broker unavailable: {exc}"
-
-    names = [pool.name for pool in config.pools]
-    try:
-        states = store.load(names)
-    except StateStoreError as exc:
-        # Without the stored version no write can be conditional, so nobody acts this tick.
-        outcomes = tuple(
-            PoolOutcome(pool.name, pool.service, None, None, acted=False, error=str(exc)) for pool in config.pools
-        )
-    else:
-        outcomes = tuple(
-            _pool_tick(
-                pool,
-                config,
-                statuses.get(pool.service),
-                describe_error,
-                broker,
-                broker_error,
-                states[pool.name],
-                store,
-                actuator,
-                now,
-                dry_run,
+    statuses, describe_problem = _describe(actuator, [pool.service for pool in config.pools])
+    broker, broker_problem = _measure(probe, config.queues, now)
+    states, state_problem = _load(store, [pool.name for pool in config.pools])
+    readings = _Readings(statuses, describe_problem, broker, broker_problem, states, state_problem)
+    outcomes: list[PoolOutcome] = []
+    for pool in config.pools:
+        try:
+            outcome = _pool_tick(pool, config, readings, store, actuator, now, dry_run)
+        except Exception as exc:  # a bug while handling this pool: reported on it; the others still act
+            outcome = PoolOutcome(pool.name, pool.service, None, None, acted=False).with_problem(
+                Problem.bug(f"pool {pool.name!r}", exc)
             )
-            for pool in config.pools
-        )
-    result = TickResult(outcomes=outcomes, now=now, broker_error=broker_error)
-    if telemetry is not None:
-        for outcome in outcomes:
+        outcomes.append(outcome)
+        if telemetry is not None:
             telemetry.pool(outcome, dry_run=dry_run, now=now)
-    return result
+    broker_error = broker_problem.message if broker_problem is not None else None
+    return TickResult(outcomes=tuple(outcomes), now=now, broker_error=broker_error)
