@@ -192,3 +192,50 @@ def test_ticks_are_spaced_and_stop_before_the_timeout(monkeypatch: pytest.Monkey
     # Ticks at 0, 15, 30; one at 45 would end after the 40 s deadline.
     assert started == [0.0, 15.0, 30.0]
     assert answer["ticks"] == 3
+
+
+def test_a_failed_tick_is_logged_and_the_remaining_ticks_still_run(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc()))
+    publish(BROKER, 7)
+    real_run_tick = handler.run_tick
+    calls: list[int] = []
+
+    def first_tick_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("telemetry stream closed")
+        return real_run_tick(*args, **kwargs)
+
+    monkeypatch.setattr(handler, "run_tick", first_tick_fails)
+    answer = lambda_handler({}, Context())
+    assert answer["ticks"] == 2
+    assert answer["actions"] == 1, "the second tick still ran and scaled"
+    assert answer["errors"] == 1
+    assert answer["failures"] == [
+        {"tick": 0, "pool": None, "faults": ["bug"], "error": "tick failed: RuntimeError: telemetry stream closed"}
+    ]
+    assert desired_count(aws) == 4
+    lines = stdout_lines(capsys)
+    failed = next(line for line in lines if line.get("message") == "tick failed")
+    assert failed["level"] == "ERROR"
+    assert "Traceback (most recent call last)" in failed["exception"]
+    bug_metric = next(line for line in lines if "_aws" in line and "ScalerBugs" in line)
+    assert bug_metric["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [[]]
+
+
+def test_the_summary_names_every_pool_that_failed_on_every_tick(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = config_doc()
+    doc["pools"]["gone"] = {"service": "worker-gone", "queues": ["gone"]}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    publish(BROKER, 3)
+    answer = lambda_handler({}, Context())
+    assert answer["errors"] == 2
+    assert [(f["tick"], f["pool"], f["faults"]) for f in answer["failures"]] == [
+        (0, "gone", ["ecs"]),
+        (1, "gone", ["ecs"]),
+    ]
+    assert "'worker-gone' not found in cluster 'celery'" in answer["failures"][0]["error"]
+    assert answer["pools"]["default"]["desired"] == 2
+    assert desired_count(aws) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +56,26 @@ def runtime() -> Runtime:
     )
 
 
-def summary(results: list[TickResult], dry_run: bool) -> dict[str, Any]:
-    """A small JSON answer: totals, and each pool's last decision."""
+def summary(ticks: Sequence[TickResult | str], dry_run: bool) -> dict[str, Any]:
+    """A small JSON answer: totals, every failure (tick, pool, faults, error), and each pool's last decision.
+
+    A ``str`` in ``ticks`` is the error of a tick that failed as a whole (a bug outside every pool).
+    """
+    results = [t for t in ticks if isinstance(t, TickResult)]
     last = results[-1].outcomes if results else ()
+    failures: list[dict[str, Any]] = []
+    for number, tick in enumerate(ticks):
+        if isinstance(tick, str):
+            failures.append({"tick": number, "pool": None, "faults": ["bug"], "error": tick})
+            continue
+        failed = (o for o in tick.outcomes if o.error)
+        failures += [{"tick": number, "pool": o.pool, "faults": list(o.faults), "error": o.error} for o in failed]
     return {
-        "ticks": len(results),
+        "ticks": len(ticks),
         "dry_run": dry_run,
         "actions": sum(r.actions for r in results),
-        "errors": sum(r.errors for r in results),
+        "errors": len(failures),
+        "failures": failures,
         "pools": {
             o.pool: {
                 "desired": o.decision.desired if o.decision else None,
@@ -84,12 +96,16 @@ def run_invocation(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Run up to ``ticks_per_invocation`` ticks; stop early when another one would not fit the time left."""
+    """Run up to ``ticks_per_invocation`` ticks; stop early when another one would not fit the time left.
+
+    A tick that fails as a whole (a bug outside every pool's handling) is logged with its traceback
+    and counted; the remaining ticks still run.
+    """
     config = rt.config
     dry_run = bool(event.get("dry_run")) or config.dry_run
     started = clock()
     longest = 0.0
-    results: list[TickResult] = []
+    ticks: list[TickResult | str] = []
     for i in range(config.ticks_per_invocation):
         if i > 0:
             wait = max(0.0, started + i * config.tick_interval_s - clock())
@@ -97,11 +113,15 @@ def run_invocation(
                 break
             sleep(wait)
         began = clock()
-        results.append(
-            run_tick(config, rt.probe, rt.actuator, rt.store, began, dry_run=dry_run, telemetry=rt.telemetry)
-        )
+        try:
+            ticks.append(
+                run_tick(config, rt.probe, rt.actuator, rt.store, began, dry_run=dry_run, telemetry=rt.telemetry)
+            )
+        except Exception as exc:  # a bug outside every pool: the next tick may still work
+            ticks.append(f"tick failed: {type(exc).__name__}: {exc}")
+            rt.telemetry.tick_failed(exc, now=began)
         longest = max(longest, clock() - began)
-    return summary(results, dry_run)
+    return summary(ticks, dry_run)
 
 
 def lambda_handler(event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
