@@ -11,11 +11,16 @@ block's file:line. The tags (docs/development.md says the same for writers):
     program: ``make TARGET [VAR=value]`` must pass ``make -n`` (a dry run: ``make test`` or
     ``make demo`` take minutes, so no target is run); ``celery-autoscaler ...`` must parse with the
     CLI's own parser, and ``measure`` is also run, against the tests' Redis (a documented
-    ``localhost:6379`` address is pointed there). Any other program fails until it gets a rule.
+    ``localhost:6379`` address is pointed there); ``pip install REQUIREMENT`` (not run: the
+    package index may not have this checkout's version yet) must name this project's distribution,
+    extras it declares and, when pinned, its version. Any other program fails until it gets a rule.
 ``console``
     A session: lines starting with ``$ `` are commands (checked as in ``bash``); the lines after a
     command are its output. Output of a command that is run, when JSON, must hold every key the docs
     show (the real output may have more).
+``dockerfile``
+    Dockerfile lines; each ``RUN`` command is checked as in ``bash`` (other instructions have no
+    rule yet and fail).
 ``python``
     Run in a fresh interpreter of this virtualenv, in a temporary directory that holds ``proj/``
     (the user's project the snippets name: ``proj.celeryconfig`` points at the tests' Redis); it must
@@ -46,6 +51,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +63,8 @@ import pytest
 import redis
 from celery_apps import publish
 from conftest import ROOT, redis_url_for
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from celery_autoscaler.cli import build_parser
 from celery_autoscaler.config import BrokerConfig, load_config
@@ -170,9 +178,28 @@ def check_cli(where: str, env: dict[str, str], args: list[str]) -> str | None:
     return result.stdout
 
 
+def check_pip(where: str, env: dict[str, str], args: list[str]) -> str | None:
+    """``pip install`` of this project: its distribution name, declared extras, its version if pinned."""
+    assert args[:1] == ["install"], f"{where}: only `pip install` has a rule"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(a) for a in args[1:] if not a.startswith("-")]
+    assert requirements, f"{where}: installs nothing"
+    for requirement in requirements:
+        assert canonicalize_name(requirement.name) == canonicalize_name(project["name"]), (
+            f"{where}: {requirement.name} is not this project's distribution ({project['name']})"
+        )
+        extras = requirement.extras - set(project.get("optional-dependencies", {}))
+        assert not extras, f"{where}: {project['name']} declares no extra {sorted(extras)}"
+        assert not requirement.specifier or project["version"] in requirement.specifier, (
+            f"{where}: {requirement.specifier} does not match this checkout's version {project['version']}"
+        )
+    return None
+
+
 PROGRAMS: dict[str, Callable[[str, dict[str, str], list[str]], str | None]] = {
     "make": check_make,
     "celery-autoscaler": check_cli,
+    "pip": check_pip,
 }
 
 
@@ -195,6 +222,16 @@ def key_paths(value: Any, prefix: str = "") -> set[str]:
 def run_bash(block: Block) -> None:
     for line, words in commands(block.text):
         check_command(block.where, line, words)
+
+
+def run_dockerfile(block: Block) -> None:
+    for line in block.text.replace("\\\n", " ").splitlines():
+        instruction, _, rest = line.strip().partition(" ")
+        if not instruction or instruction.startswith("#"):
+            continue
+        assert instruction.upper() == "RUN", f"{block.where}: no rule for the Dockerfile instruction {instruction}"
+        for command in rest.split("&&"):
+            check_command(block.where, line, shlex.split(command, comments=True))
 
 
 def run_console(block: Block) -> None:
@@ -408,11 +445,12 @@ def docs_db() -> Iterator[redis.Redis]:
 def test_block_works_as_written(block: Block, tmp_path: Path, docs_db: redis.Redis) -> None:
     if block.tag == "text":
         return
-    if block.tag in {"bash", "console", "json", "redis-acl", "python"}:
+    if block.tag in {"bash", "console", "dockerfile", "json", "redis-acl", "python"}:
         assert not block.options, f"{block.where}: {block.tag} takes no options, got {block.options}"
     runners: dict[str, Callable[[], None]] = {
         "bash": lambda: run_bash(block),
         "console": lambda: run_console(block),
+        "dockerfile": lambda: run_dockerfile(block),
         "python": lambda: run_python(block, tmp_path),
         "json": lambda: run_json(block),
         "hcl": lambda: run_hcl(block, tmp_path),
