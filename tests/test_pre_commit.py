@@ -1,7 +1,8 @@
 """``pre-commit run --all-files`` passes on the tree, and a hook really rewrites a file it should.
 
-It runs in a copy of the working tree's files (edits included, in a git repository of their own
-that uses this virtualenv), so the hooks that format can never touch the developer's files.
+It runs in a copy of the tracked files as they are in the working tree (edits included; like
+``pre-commit run --all-files``, untracked files are left out), staged in a git repository of their
+own that uses this virtualenv, so the hooks that format can never touch the developer's files.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tree's tracked and new (not ignored) files, as they are now, staged in a fresh repository."""
+    """The tree's tracked files, as they are now, staged in a fresh repository."""
     dest = tmp_path_factory.mktemp("checkout")
-    for name in git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0"):
+    for name in git(ROOT, "ls-files", "-z").split("\0"):
         source = ROOT / name
         if name and source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
