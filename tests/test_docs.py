@@ -39,6 +39,9 @@ block's file:line. The tags (docs/development.md says the same for writers):
 ``redis-acl``
     One ``ACL SETUSER`` line, sent as written with ``redis-cli`` to the tests' Redis; the Redis probe
     connected as that user must then measure what the default user measures (removed after).
+``diff``
+    A change: its new side (context lines and ``+`` lines, markers dropped) is checked as a block of
+    the tag its options name (``diff hcl module-arguments``); the old side is not run.
 ``text``
     Diagrams, layouts and other text that is not run.
 """
@@ -447,6 +450,13 @@ def test_block_works_as_written(block: Block, tmp_path: Path, docs_db: redis.Red
         return
     if block.tag in {"bash", "console", "dockerfile", "json", "redis-acl", "python"}:
         assert not block.options, f"{block.where}: {block.tag} takes no options, got {block.options}"
+    if block.tag == "diff":
+        assert block.options, f"{block.where}: say which tag the new side is (```diff hcl ...)"
+        new_side = [line[1:] for line in block.text.splitlines() if line[:1] in {" ", "+", ""}]
+        new = Block(block.path, block.line, block.end, block.options[0], block.options[1:], "\n".join(new_side) + "\n")
+        assert new.tag not in {"diff", "text"}, f"{block.where}: the new side of a diff must be runnable"
+        test_block_works_as_written(new, tmp_path, docs_db)
+        return
     runners: dict[str, Callable[[], None]] = {
         "bash": lambda: run_bash(block),
         "console": lambda: run_console(block),
@@ -458,7 +468,7 @@ def test_block_works_as_written(block: Block, tmp_path: Path, docs_db: redis.Red
     }
     run = runners.get(block.tag)
     assert run, f"{block.where}: {'untagged block' if not block.tag else f'unknown tag {block.tag!r}'}: tag it " + (
-        "with one of " + ", ".join(sorted([*runners, "text"])) + " (see tests/test_docs.py)"
+        "with one of " + ", ".join(sorted([*runners, "diff", "text"])) + " (see tests/test_docs.py)"
     )
     run()
 
