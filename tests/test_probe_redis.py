@@ -557,3 +557,34 @@ def test_an_exchange_bound_since_the_last_binding_read_routes_at_the_next_scan(r
 
     assert measured.queues["late"].unacked == 1  # gone_ex has no bindings: kombu could not route it either
     assert measured.unacked_total == 2
+
+
+@pytest.mark.redis_db(3)
+def test_the_readme_acl_recipe_is_exactly_what_the_probe_sends(redis_db: redis.Redis) -> None:
+    """Run as the README's user, the probe is refused nothing, and uses every command the recipe allows."""
+    with Connection(redis_url_for(3)) as connection:
+        Queue("acl", Exchange("acl_ex"), routing_key="rk", channel=connection.default_channel).declare()
+    now = time.time()
+    message = {"headers": {"id": "t1", HEADER: now - 5}, "body": ""}
+    redis_db.lpush("acl", json.dumps(message))
+    redis_db.hset("unacked", "t2", json.dumps([message, "acl_ex", "rk"]))
+    redis_db.hset(stats_key("", "acl"), mapping={COMPLETED_FIELD: 3, RUN_MS_FIELD: 30})
+    expected = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["acl"])
+    user, _, rules = readme_acl_rules()
+    allowed = [rule[1:] for rule in rules if rule.startswith("+")]
+
+    def calls() -> dict[str, int]:
+        stats = redis_db.info("commandstats")
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in allowed}
+
+    redis_db.acl_log_reset()
+    with read_only_user(redis_db) as url:
+        before = calls()
+        measured = RedisProbe(BrokerConfig(), url=url, clock=lambda: now).measure(["acl"])  # a first tick
+        after = calls()
+        refused = [e["object"] for e in redis_db.acl_log() if e["username"] == user]
+
+    assert measured == expected
+    assert (measured.queues["acl"].unacked, measured.queues["acl"].completed) == (1, 3)
+    assert [name for name in allowed if after[name] == before[name]] == [], "allowed but never sent"
+    assert refused == [], "sent but refused"
