@@ -187,13 +187,16 @@ def raise_on_send(
     """Raise ``error()`` at HTTP attempts of ``operation``: a connect timeout (``applied=False``: moto never
     sees the request) or a read timeout (``applied=True``: moto applied it, the answer is lost)."""
     hits = _Hits(when, times)
+    event = f"before-send.{_service(client)}.{operation}"
 
-    def fail(request: Any, **_: Any) -> None:
-        if hits.take(request.body):
+    def fail(request: Any, event_name: str, **_: Any) -> None:
+        if event_name == event and hits.take(request.body):
             raise error()
 
-    register = client.meta.events.register if applied else client.meta.events.register_first
-    register(f"before-send.{_service(client)}.{operation}", fail)
+    # Handlers of the plain "before-send" event run in order of registration, after the more specific
+    # ones; moto's is registered there when the client is made, so first = before moto, last = after.
+    register = client.meta.events.register_last if applied else client.meta.events.register_first
+    register("before-send", fail)
     return hits.calls
 
 
@@ -250,3 +253,15 @@ def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     sleeps: list[float] = []
     monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=sleeps.append))
     return sleeps
+
+
+def atomic_conditional_writes(client: Any, lock: Any) -> None:
+    """Hold ``lock`` across each PutItem call of ``client``, as DynamoDB applies a conditional write atomically.
+
+    moto checks a condition and then writes without a lock, so two threads could both pass the check;
+    DynamoDB never lets that happen. Share one lock between the clients of concurrent invocations.
+    """
+    events = client.meta.events
+    events.register("before-call.dynamodb.PutItem", lambda **_: lock.acquire() and None)
+    events.register("after-call.dynamodb.PutItem", lambda **_: lock.release())
+    events.register("after-call-error.dynamodb.PutItem", lambda **_: lock.release())
