@@ -73,7 +73,7 @@ from celery_autoscaler.cli import build_parser
 from celery_autoscaler.config import BrokerConfig, load_config
 from celery_autoscaler.probe.redis import RedisProbe
 
-DB = 11  # this file's own db of the tests' Redis
+DB = 10  # this file's own db of the tests' Redis (faults and packaging use 11)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
 DOCUMENTED_REDIS = re.compile(r"^redis://(localhost|127\.0\.0\.1)(:6379)?(/\d+)?$")
