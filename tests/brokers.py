@@ -198,12 +198,17 @@ class RabbitNode:
             "RABBITMQ_LOG_BASE": str(self.base / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),  # not the machine's
         }
 
     def start(self, timeout: float = 180) -> RabbitBroker:
         server = _binary("rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server")
         self.amqp_port, self.management_port, self.dist_port, self.epmd_port = free_ports(4)
         (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        # The port mapper and the distribution listener on loopback only, as for AMQP and HTTP.
+        (self.base / "rabbitmq-env.conf").write_text(
+            'ERL_EPMD_ADDRESS=127.0.0.1\nexport ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n'
+        )
         (self.base / "rabbitmq.conf").write_text(
             f"management.tcp.ip = {LOOPBACK}\n"
             f"management.tcp.port = {self.management_port}\n"
