@@ -15,6 +15,7 @@ from typing import Any
 DEFAULT_PRIORITY_SEP = "\x06\x16"
 DEFAULT_PUBLISH_TIME_HEADER = "x_published_at"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -27,7 +28,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """Where the Celery broker is and how Celery names its keys there."""
+    """Where the Celery broker is and how Celery names its keys there.
+
+    ``region`` and ``queue_name_prefix`` are SQS's: the transport options of those names (the region
+    ``None``: the environment's, as kombu does).
+    """
 
     url: str | None = None
     url_secret_arn: str | None = None
@@ -37,6 +42,8 @@ class BrokerConfig:
     unacked_scan_interval_s: float = 60.0
     unacked_scan_cap: int = 10_000
     socket_timeout_s: float = 5.0
+    region: str | None = None
+    queue_name_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ _BROKER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "unacked_scan_interval_s": (int, float),
     "unacked_scan_cap": int,
     "socket_timeout_s": (int, float),
+    "region": str,
+    "queue_name_prefix": str,
 }
 _POOL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "service": str,
@@ -167,6 +176,8 @@ def _broker(raw: dict[str, Any]) -> BrokerConfig:
     _require(broker.unacked_scan_interval_s >= 0, "broker.unacked_scan_interval_s", "must be >= 0")
     _require(broker.unacked_scan_cap >= 0, "broker.unacked_scan_cap", "must be >= 0")
     _require(broker.socket_timeout_s > 0, "broker.socket_timeout_s", "must be > 0")
+    if broker.region is not None:
+        _require(bool(_REGION.match(broker.region)), "broker.region", "must be an AWS region such as eu-west-1")
     return broker
 
 

@@ -1,7 +1,9 @@
-"""A Celery app for the Redis probe tests: tasks that block until the test releases them.
+"""A Celery app for the probe tests: tasks that block until the test releases them.
 
 The test process builds producers with :func:`make_app`; the worker subprocess imports ``app``,
 configured from ``PROBE_APP_*`` environment variables, so both sides agree on names and routing.
+The tasks signal through Redis lists: in the broker's db, or at ``signal_url`` (``PROBE_APP_SIGNAL_URL``)
+when the broker is not Redis.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def make_app(
     acks_late: bool = False,
     transport_options: dict[str, Any] | None = None,
     stamp_header: str | None = "x_published_at",
+    signal_url: str | None = None,
 ) -> Celery:
     """A Celery app on ``broker_url`` with prefetch multiplier 1, so what a worker holds is exact.
 
@@ -54,7 +57,7 @@ def make_app(
 
     @app.task(name=f"{main}.block", shared=False)
     def block(tag: str) -> str:
-        signals = redis.Redis.from_url(broker_url)
+        signals = redis.Redis.from_url(signal_url or broker_url)
         signals.rpush(STARTED, tag)
         signals.blpop([RELEASE], timeout=600)
         signals.rpush(DONE, tag)
@@ -79,4 +82,5 @@ app = make_app(
     os.environ.get("PROBE_APP_BROKER_URL") or redis_url_for(9),
     acks_late=os.environ.get("PROBE_APP_ACKS_LATE") == "1",
     transport_options=json.loads(os.environ.get("PROBE_APP_TRANSPORT_OPTIONS", "{}")),
+    signal_url=os.environ.get("PROBE_APP_SIGNAL_URL"),
 )

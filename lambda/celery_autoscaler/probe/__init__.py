@@ -45,7 +45,17 @@ def _redis_probe(broker: BrokerConfig, url: str) -> Probe:
     return RedisProbe.from_config(broker, url)
 
 
-PROBES: dict[str, Callable[[BrokerConfig, str], Probe]] = {"redis": _redis_probe, "rediss": _redis_probe}
+def _sqs_probe(broker: BrokerConfig, url: str) -> Probe:
+    from celery_autoscaler.probe.sqs import SqsProbe
+
+    return SqsProbe.from_config(broker, url)
+
+
+PROBES: dict[str, Callable[[BrokerConfig, str], Probe]] = {
+    "redis": _redis_probe,
+    "rediss": _redis_probe,
+    "sqs": _sqs_probe,
+}
 """URL scheme -> the probe for that broker (built from the broker config and the URL)."""
 
 
