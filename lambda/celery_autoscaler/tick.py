@@ -345,7 +345,8 @@ def run_tick(
                 Problem.bug(f"pool {pool.name!r}", exc)
             )
         outcomes.append(outcome)
-        if telemetry is not None:
+    if telemetry is not None:  # after every pool acted, so a failure to write stops no pool
+        for outcome in outcomes:
             telemetry.pool(outcome, dry_run=dry_run, now=now)
     broker_error = broker_problem.message if broker_problem is not None else None
     return TickResult(outcomes=tuple(outcomes), now=now, broker_error=broker_error)
