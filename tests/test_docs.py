@@ -541,3 +541,27 @@ def test_the_link_checker_knows_githubs_slugs() -> None:
     assert github_slug("Safe scale-in: what ECS does") == "safe-scale-in-what-ecs-does"
     assert github_slug("Costs (at the defaults), per month") == "costs-at-the-defaults-per-month"
     assert github_slug("[Links](docs/x.md) **bold** x_y") == "links-bold-x_y"
+
+
+def test_fences_are_read_as_github_reads_them(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# T\n\n```\nplain\n```\n\n- item\n\n  ```hcl module-arguments\n  a = 1\n  ```\n\n"
+        "````text\n```\ninner\n```\n````\n\n~~~python\nprint(1)\n~~~\n"
+    )
+    found = [(b.line, b.end, b.tag, b.options, b.text) for b in fenced_blocks(page)]
+    assert found == [
+        (3, 5, "", (), "plain\n"),
+        (9, 11, "hcl", ("module-arguments",), "a = 1\n"),
+        (13, 17, "text", (), "```\ninner\n```\n"),
+        (19, 21, "python", (), "print(1)\n"),
+    ]
+
+
+@pytest.mark.parametrize(("tag", "message"), [("", "untagged block"), ("yaml", "unknown tag 'yaml'")])
+def test_a_block_without_a_known_tag_fails_with_its_place(
+    tag: str, message: str, tmp_path: Path, docs_db: redis.Redis
+) -> None:
+    block = Block(ROOT / "README.md", 12, 14, tag, (), "key: value\n")
+    with pytest.raises(AssertionError, match=f"^README.md:12: {message}"):
+        test_block_works_as_written(block, tmp_path, docs_db)
