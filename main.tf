@@ -71,6 +71,8 @@ locals {
       unacked_scan_interval_s = var.broker.unacked_scan_interval_s
       unacked_scan_cap        = var.broker.unacked_scan_cap
       socket_timeout_s        = var.broker.socket_timeout_s
+      region                  = local.region
+      queue_name_prefix       = var.broker.queue_name_prefix
     }
     cluster = local.cluster_name
     # A pool's scaling settings carry the scaler's names, so they pass through as they are.

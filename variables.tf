@@ -430,6 +430,7 @@ variable "broker" {
     The Redis broker. create = true builds an ElastiCache replication group (TLS in transit, encrypted at rest, AUTH token) and a Secrets Manager secret holding its `rediss://:TOKEN@HOST:PORT/DB` URL.
     create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis:// or rediss://); allow the workers' and the scaler's security groups (outputs) in its security group.
     key_prefix, priority_sep and publish_time_header must match the Celery app (global_keyprefix, priority separator, the publish-time header of celery_autoscaler.worker.install).
+    queue_name_prefix is SQS's: kombu's transport option of that name, put before every queue's name.
   EOT
   type = object({
     create                      = optional(bool, true)
@@ -451,6 +452,7 @@ variable "broker" {
     unacked_scan_interval_s     = optional(number, 60)
     unacked_scan_cap            = optional(number, 10000)
     socket_timeout_s            = optional(number, 5)
+    queue_name_prefix           = optional(string, "")
   })
   default  = {}
   nullable = false
