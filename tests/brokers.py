@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from base64 import b64encode
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -158,14 +158,23 @@ class RabbitBroker:
     user: str  # tagged administrator: AMQP and the management API both accept it
     password: str
     node: str  # the Erlang node name, for rabbitmqctl -n
+    ctl_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """The environment in which a plain ``rabbitmqctl ...`` talks to this node (name, cookie, port mapper)."""
 
     def management_get(self, path: str) -> object:
         """``GET management_url + path`` as this broker's user; the decoded JSON answer."""
-        request = urllib.request.Request(self.management_url + path)  # noqa: S310 - our own loopback node
+        return self.management_request("GET", path)
+
+    def management_request(self, method: str, path: str, body: object = None) -> object:
+        """``method management_url + path`` (JSON ``body``) as this broker's user; the decoded answer, or None."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.management_url + path, data=data, method=method)  # noqa: S310
         token = b64encode(f"{self.user}:{self.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-            return json.loads(answer.read())
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - our own loopback node
+            text = answer.read()
+        return json.loads(text) if text else None
 
 
 class RabbitNode:
@@ -225,6 +234,7 @@ class RabbitNode:
             user=self.USER,
             password=self.password,
             node=self.name,
+            ctl_env=self._env(),
         )
         try:
             wait_until(lambda: self._answers(broker), timeout=timeout, what=f"RabbitMQ node {self.name}")

@@ -76,7 +76,7 @@ def test_null_means_default() -> None:
         ("pools.default.fallback_count", 99, "pools.default.fallback_count"),
         ("pools.default.scale_in_windw_s", 10, "pools.default.scale_in_windw_s"),
         ("pools.default.service", "", "pools.default.service"),
-        ("broker.url", "amqp://guest@localhost//", "broker.url"),
+        ("broker.url", "kafka://guest@localhost//", "broker.url"),
         ("broker.url_secret_arn", "arn:aws:secretsmanager:eu-west-1:1:secret:x", "broker.url"),
         ("broker.priority_sep", "", "broker.priority_sep"),
         ("tick_interval_s", 0, "tick_interval_s"),

@@ -61,6 +61,7 @@ def run_measure(args: argparse.Namespace) -> int:
         raise ConfigError("--priority-sep", "must not be empty")
     broker = BrokerConfig(
         url=url,
+        management_url=args.management_url,
         key_prefix=args.key_prefix,
         priority_sep=args.priority_sep,
         publish_time_header=args.publish_time_header,
@@ -91,8 +92,17 @@ def run_measure(args: argparse.Namespace) -> int:
 
 
 def add_measure(subparsers: Any) -> None:
-    parser = subparsers.add_parser("measure", help="print waiting, unacked and age of Celery queues on Redis")
-    parser.add_argument("--broker-url", required=True, help="broker URL: redis:// or rediss://, db in the path")
+    parser = subparsers.add_parser("measure", help="print waiting, unacked and age of Celery queues")
+    parser.add_argument(
+        "--broker-url",
+        required=True,
+        help="broker URL: redis:// or rediss:// (db in the path), amqp:// or amqps:// (vhost in the path)",
+    )
+    parser.add_argument(
+        "--management-url",
+        help="RabbitMQ: the management API, http(s)://host[:port] (default: http://HOST:15672 for amqp://, "
+        "https://HOST for amqps://, with the broker URL's credentials)",
+    )
     parser.add_argument("--queue", action="append", required=True, help="queue name (repeat for more)")
     parser.add_argument("--key-prefix", default="", help="Celery's global_keyprefix (default none)")
     parser.add_argument(

@@ -36,6 +36,7 @@ class BrokerConfig:
 
     url: str | None = None
     url_secret_arn: str | None = None
+    management_url: str | None = None  # RabbitMQ: the management API, when not derived from the AMQP URL
     key_prefix: str = ""
     priority_sep: str = DEFAULT_PRIORITY_SEP
     publish_time_header: str = DEFAULT_PUBLISH_TIME_HEADER
@@ -96,6 +97,7 @@ class ScalerConfig:
 _BROKER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "url": str,
     "url_secret_arn": str,
+    "management_url": str,
     "key_prefix": str,
     "priority_sep": str,
     "publish_time_header": str,
@@ -161,9 +163,9 @@ def _broker(raw: dict[str, Any]) -> BrokerConfig:
     _require(has_url != has_secret, "broker.url", "give exactly one of broker.url and broker.url_secret_arn")
     if broker.url is not None:
         _require(
-            broker.url.startswith(("redis://", "rediss://")),
+            broker.url.startswith(("redis://", "rediss://", "amqp://", "amqps://")),
             "broker.url",
-            "must start with redis:// or rediss://",
+            "must start with redis://, rediss://, amqp:// or amqps://",
         )
     if broker.url_secret_arn is not None:
         _require(

@@ -3,8 +3,8 @@
 It imports Celery and the standard library only (never boto3 or redis), because it runs inside the
 user's web, beat and worker processes. It does three things:
 
-- stamps every published message with its publish time (header ``x_published_at``, epoch seconds),
-  so the scaler can measure a queue's age;
+- stamps every published message with its publish time (header ``x_published_at``, epoch seconds,
+  and the AMQP ``timestamp`` property for RabbitMQ), so the scaler can measure a queue's age;
 - in a worker on ECS, turns on ECS task scale-in protection while tasks run and releases it after a
   short idle debounce, so scale-in never picks a busy worker and deployments are never blocked for long;
 - in every worker, counts per queue the tasks finished and their run time and adds them to the
@@ -250,17 +250,23 @@ def _env_number(env: Mapping[str, str], name: str) -> float | None:
     return value if value > 0 else None
 
 
-def _stamp_publish_time(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+def _stamp_publish_time(
+    sender: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any
+) -> None:
     """Set the publish time on every message, overwriting an older value.
 
     A retry, a restored chain link or a copied header is a new publish: the scaler's "waiting since"
-    means since this message entered the queue, so the newest time is the right one.
+    means since this message entered the queue, so the newest time is the right one. The AMQP
+    ``timestamp`` property (whole seconds: py-amqp cannot send a datetime) is what RabbitMQ reports
+    as a queue head's ``head_message_timestamp``; other transports keep it as a harmless property.
     """
     if headers is None:
         return
     now = time.time()
     for name in _publish_headers:
         headers[name] = now
+    if properties is not None and _publish_headers:
+        properties["timestamp"] = int(now)
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:

@@ -37,12 +37,14 @@ def make_app(
     transport_options: dict[str, Any] | None = None,
     stamp_header: str | None = "x_published_at",
     signal_url: str | None = None,
+    queue_arguments: dict[str, dict[str, Any]] | None = None,
 ) -> Celery:
     """A Celery app on ``broker_url`` with prefetch multiplier 1, so what a worker holds is exact.
 
     ``stamp_header`` names the publish-time header set (unless the caller set it) by a
     ``before_task_publish`` handler, as the autoscaler's worker helper does in users' producers;
-    ``None`` publishes without it.
+    ``None`` publishes without it. ``queue_arguments`` declares more queues (name -> AMQP arguments such as
+    ``x-max-priority`` or ``x-queue-type``), each on a direct exchange of its name.
     Task names start with ``main`` so differently stamped apps never share a handler.
     """
     app = Celery(main, broker=broker_url, set_as_current=False)
@@ -50,7 +52,11 @@ def make_app(
         task_acks_late=acks_late,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport_options or {},
-        task_queues=ROUTED_QUEUES,
+        task_queues=ROUTED_QUEUES
+        + tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments=arguments)
+            for name, arguments in (queue_arguments or {}).items()
+        ),
         task_default_queue="celery",
         broker_connection_retry_on_startup=True,
     )
@@ -83,4 +89,5 @@ app = make_app(
     acks_late=os.environ.get("PROBE_APP_ACKS_LATE") == "1",
     transport_options=json.loads(os.environ.get("PROBE_APP_TRANSPORT_OPTIONS", "{}")),
     signal_url=os.environ.get("PROBE_APP_SIGNAL_URL"),
+    queue_arguments=json.loads(os.environ.get("PROBE_APP_QUEUE_ARGUMENTS", "{}")),
 )

@@ -22,6 +22,11 @@ from urllib.parse import urlsplit
 from celery_autoscaler.config import BrokerConfig, ConfigError
 from celery_autoscaler.measurements import BrokerMeasurements
 
+MAX_CLOCK_SKEW_S = 300.0
+"""A publish time at most this far in the future is taken as now (producers' clocks differ a little)."""
+MAX_PLAUSIBLE_AGE_S = 30 * 86_400.0
+"""A publish time older than this is not believed (a zero or garbage stamp); the age is then unknown."""
+
 
 class BrokerUnavailableError(Exception):
     """The broker as a whole could not be read this tick; every pool holds instead of scaling."""
@@ -51,10 +56,18 @@ def _sqs_probe(broker: BrokerConfig, url: str) -> Probe:
     return SqsProbe.from_config(broker, url)
 
 
+def _rabbitmq_probe(broker: BrokerConfig, url: str) -> Probe:
+    from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
+
+    return RabbitMQProbe.from_config(broker, url)
+
+
 PROBES: dict[str, Callable[[BrokerConfig, str], Probe]] = {
     "redis": _redis_probe,
     "rediss": _redis_probe,
     "sqs": _sqs_probe,
+    "amqp": _rabbitmq_probe,
+    "amqps": _rabbitmq_probe,
 }
 """URL scheme -> the probe for that broker (built from the broker config and the URL)."""
 
@@ -68,5 +81,7 @@ def probe_for(broker: BrokerConfig, url: str, *, field: str = "broker.url") -> P
         raise ConfigError(field, f"unsupported scheme {scheme + '://' if scheme else '(none)'} (supported: {known})")
     try:
         return make(broker, url)
+    except ConfigError:  # the probe named the field itself
+        raise
     except ValueError:  # the URL itself is malformed (a bad port, ...)
         raise ConfigError(field, "cannot be parsed as a broker URL (not shown: it may hold a password)") from None

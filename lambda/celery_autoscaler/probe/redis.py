@@ -39,7 +39,7 @@ from redis.connection import parse_url
 from celery_autoscaler.config import BrokerConfig
 from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
 from celery_autoscaler.measurements import BrokerMeasurements, QueueMeasurement
-from celery_autoscaler.probe import BrokerUnavailableError
+from celery_autoscaler.probe import MAX_CLOCK_SKEW_S, MAX_PLAUSIBLE_AGE_S, BrokerUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ MAX_BINDING_SCAN_PAGES = 1000
 
 MAX_MESSAGE_BYTES = 1_000_000
 """A stored message larger than this is not parsed: it counts as waiting, age unknown."""
-MAX_CLOCK_SKEW_S = 300.0
-"""A publish time at most this far in the future is taken as now (producers' clocks differ a little)."""
-MAX_PLAUSIBLE_AGE_S = 30 * 86_400.0
-"""A publish time older than this is not believed (a zero or garbage stamp); the age is then unknown."""
 
 
 class _MalformedError(ValueError):
