@@ -73,6 +73,7 @@ locals {
       socket_timeout_s        = var.broker.socket_timeout_s
       region                  = local.region
       queue_name_prefix       = var.broker.queue_name_prefix
+      management_url          = null
     }
     cluster = local.cluster_name
     # A pool's scaling settings carry the scaler's names, so they pass through as they are.

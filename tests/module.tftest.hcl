@@ -355,7 +355,7 @@ run "scaler_config_matches_the_python_schema" {
   }
 
   assert {
-    condition     = toset(keys(output.scaler_config.broker)) == toset(["url_secret_arn", "key_prefix", "priority_sep", "publish_time_header", "unacked_scan_interval_s", "unacked_scan_cap", "socket_timeout_s", "region", "queue_name_prefix"])
+    condition     = toset(keys(output.scaler_config.broker)) == toset(["url_secret_arn", "key_prefix", "priority_sep", "publish_time_header", "unacked_scan_interval_s", "unacked_scan_cap", "socket_timeout_s", "region", "queue_name_prefix", "management_url"])
     error_message = "Broker keys of the config are config.py's (url_secret_arn, never url)."
   }
 
