@@ -1,4 +1,4 @@
-"""AWS faults against the real tick: ECS and DynamoDB on moto (in-process), a real Redis (db 10), the real RedisProbe.
+"""AWS faults against the real tick: ECS and DynamoDB on moto (in-process), a real Redis (db 2), the real RedisProbe.
 
 Faults are injected at botocore's event hooks on the scaler's own clients (made as the Lambda makes
 them: bounded standard retries, connect/read timeouts), so botocore's retries and the scaler's
@@ -53,7 +53,7 @@ from celery_autoscaler.state import DynamoStateStore
 from celery_autoscaler.telemetry import Telemetry
 from celery_autoscaler.tick import CLOCK_SKEW_S, Fault, TickResult, run_tick
 
-DB = 10
+DB = 2  # this file's own db of the tests' Redis
 TABLE = "celery-autoscaler-state"
 SECRET = "Aws-Fault-Suite-s3cret-2b7e"
 AWS_SECRET = "aws-fault-suite-secret-key-9d41"
