@@ -13,9 +13,19 @@ import redis
 from celery_apps import publish
 from conftest import redis_url_for
 from moto import mock_aws
-from moto_aws import CLUSTER, REGION, aws_env, create_services, create_state_table, desired_count
+from moto_aws import (
+    CLUSTER,
+    REGION,
+    aws_env,
+    botocore_sleeps,
+    create_services,
+    create_state_table,
+    desired_count,
+    error_response,
+)
 
 from celery_autoscaler import handler
+from celery_autoscaler.aws import MAX_ATTEMPTS
 from celery_autoscaler.config import ConfigError
 from celery_autoscaler.handler import CONFIG_ENV, lambda_handler, run_invocation, runtime
 
@@ -239,3 +249,32 @@ def test_the_summary_names_every_pool_that_failed_on_every_tick(aws: Any, monkey
     assert "'worker-gone' not found in cluster 'celery'" in answer["failures"][0]["error"]
     assert answer["pools"]["default"]["desired"] == 2
     assert desired_count(aws) == 2
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_throttled_secret_read_at_cold_start_is_retried_then_names_the_field_never_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits = botocore_sleeps(monkeypatch)
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    arn = secrets.create_secret(Name="celery/broker", SecretString="redis://:hunter2@127.0.0.1:6379/0")["ARN"]
+    doc = config_doc()
+    doc["broker"] = {"url_secret_arn": arn}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    # The scaler makes its Secrets Manager client from boto3's default session: inject there, before it exists.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    boto3.setup_default_session()
+    attempts: list[str] = []
+
+    def throttle(request: Any, **_: Any) -> Any:
+        attempts.append(request.url)
+        return error_response("ThrottlingException")
+
+    boto3.DEFAULT_SESSION.events.register_first("before-send.secrets-manager.GetSecretValue", throttle)
+    with pytest.raises(ConfigError) as failure:
+        lambda_handler({}, Context())
+    assert failure.value.field == "broker.url_secret_arn"
+    assert "ThrottlingException" in str(failure.value)
+    assert "hunter2" not in str(failure.value)
+    assert len(attempts) == MAX_ATTEMPTS, "bounded standard retries, as configured for every scaler client"
+    assert len(waits) == MAX_ATTEMPTS - 1
