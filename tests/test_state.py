@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -24,6 +25,7 @@ from moto_aws import (
 )
 
 from celery_autoscaler.aws import MAX_ATTEMPTS, Backoff
+from celery_autoscaler.pause import Pause
 from celery_autoscaler.policy import PoolState
 from celery_autoscaler.state import (
     DynamoStateStore,
@@ -197,6 +199,16 @@ CORRUPT: dict[str, tuple[dict[str, Any], str]] = {
         "'recommendations'",
     ),
     "nested 100k deep": (body("[" * 100_000), "nested too deeply"),
+    "pause a string": (body(GOOD.replace('"pause":null', '"pause":"yes"')), "field 'pause' is not an object"),
+    "pause without by": (
+        body(GOOD.replace('"pause":null', '"pause":{"since":1000.0}')),
+        "field 'pause' field 'by' is not a string",
+    ),
+    "pause count negative": (
+        body(GOOD.replace('"pause":null', '"pause":{"since":1000.0,"by":"ops","count":-1}')),
+        "field 'pause' field 'count' is not a count",
+    ),
+    "last_reason a number": (body(GOOD.replace('"last_reason":null', '"last_reason":7')), "'last_reason'"),
     "state a number": ({"version": {"N": "3"}, "state": {"N": "1"}}, "no string 'state' attribute"),
     "no state": ({"version": {"N": "3"}}, "no string 'state' attribute"),
     "version a string": ({"version": {"S": "three"}, "state": {"S": GOOD}}, "version attribute"),
@@ -206,6 +218,21 @@ CORRUPT: dict[str, tuple[dict[str, Any], str]] = {
     "version fractional": ({"version": {"N": "1.5"}, "state": {"S": GOOD}}, "version attribute"),
     "version a list": ({"version": {"L": [{"N": "1"}]}, "state": {"S": GOOD}}, "version attribute"),
 }
+
+
+def test_an_item_written_before_pauses_existed_is_not_paused() -> None:
+    old = json.loads(GOOD)
+    del old["pause"], old["last_reason"]
+    assert decode_item(body(json.dumps(old))) == replace(STATE, version=3)
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_pause_and_the_last_reason_round_trip_through_the_table() -> None:
+    store = DynamoStateStore(create_state_table())
+    paused = replace(STATE, pause=Pause(since=1000.0, by="ops", until=4600.0, count=4), last_reason="steady -> 3")
+    saved = store.save("default", paused)
+    assert store.load(["default"])["default"] == saved
+    assert saved.pause == paused.pause
 
 
 def put_raw(table: str, pool: str, attributes: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ from celery_autoscaler.config import (
     DEFAULT_PUBLISH_TIME_HEADER,
     BrokerConfig,
     ConfigError,
+    PoolConfig,
+    ScalerConfig,
     load_config,
 )
 from celery_autoscaler.probe import BrokerUnavailableError, probe_for
@@ -122,6 +124,14 @@ def add_measure(subparsers: Any) -> None:
     parser.set_defaults(run=run_measure)
 
 
+def _read_config(path: str) -> ScalerConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+    return load_config(text)
+
+
 # --- evaluate ------------------------------------------------------------------------------------
 
 
@@ -132,11 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from celery_autoscaler.state import DynamoStateStore, InMemoryStateStore, ReadOnlyStateStore, StateStore
     from celery_autoscaler.tick import run_tick
 
-    try:
-        text = Path(args.config).read_text()
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {args.config}: {exc.strerror}") from exc
-    config = load_config(text)
+    config = _read_config(args.config)
     dry_run = bool(args.dry_run or config.dry_run)
     store: StateStore = InMemoryStateStore() if config.state_table is None else DynamoStateStore(config.state_table)
     if dry_run:
@@ -173,6 +179,206 @@ def add_evaluate(subparsers: Any) -> None:
     parser.set_defaults(run=run_evaluate)
 
 
+# --- pause, resume, status -----------------------------------------------------------------------
+
+PAUSE_WRITE_ATTEMPTS = 5
+"""A pause or resume re-reads and retries when a tick saved the item in between (a conditional write lost)."""
+
+
+class StateCommandError(Exception):
+    """The state table could not be read or written for a pause/resume/status; exits 1 with the message."""
+
+
+def _state_table(config: ScalerConfig, command: str) -> Any:
+    from celery_autoscaler.state import DynamoStateStore
+
+    if config.state_table is None:
+        raise ConfigError("state_table", f"{command} needs the state table the deployed scaler uses")
+    return DynamoStateStore(config.state_table)
+
+
+def _pool(config: ScalerConfig, name: str) -> PoolConfig:
+    for pool in config.pools:
+        if pool.name == name:
+            return pool
+    raise ConfigError("POOL", f"no pool {name!r} in the config (pools: {', '.join(p.name for p in config.pools)})")
+
+
+def _rewrite_state(store: Any, pool: str, change: Callable[[Any], Any]) -> Any:
+    """Apply ``change`` to the pool's stored state with a conditional write, re-reading on a lost race."""
+    from dataclasses import replace
+
+    from celery_autoscaler.state import StateConflictError, StateStoreError, UnreadableState
+
+    for _ in range(PAUSE_WRITE_ATTEMPTS):
+        stored = store.load([pool])[pool]
+        if isinstance(stored, UnreadableState):
+            raise StateCommandError(f"pool {pool!r}: {stored.reason}; the next tick repairs a corrupt item, retry then")
+        try:
+            return store.save(pool, replace(change(stored), version=stored.version))
+        except StateConflictError:
+            continue
+        except StateStoreError as exc:
+            raise StateCommandError(str(exc)) from exc
+    raise StateCommandError(f"pool {pool!r}: the scaler saved the item {PAUSE_WRITE_ATTEMPTS} times in a row; retry")
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    """Take one pool out of the scaler's hands: hold its count, or set exactly ``--count``, until resumed."""
+    from dataclasses import replace
+
+    from celery_autoscaler.pause import Pause, parse_duration
+
+    config = _read_config(args.config)
+    pool = _pool(config, args.pool)
+    store = _state_table(config, "pause")
+    now = time.time()
+    try:
+        until = None if args.duration is None else now + parse_duration(args.duration)
+    except ValueError as exc:
+        raise ConfigError("--for", str(exc)) from exc
+    if args.count is not None and args.count < 0:
+        raise ConfigError("--count", "must be >= 0")
+    pause = Pause(since=now, by=args.by, until=until, count=args.count)
+    _rewrite_state(store, pool.name, lambda state: replace(state, pause=pause))
+    if args.count is not None and not pool.min_workers <= args.count <= pool.max_workers:
+        print(
+            f"celery-autoscaler: note: --count {args.count} is outside {pool.name}'s bounds "
+            f"[{pool.min_workers}, {pool.max_workers}]; a pause sets it exactly",
+            file=sys.stderr,
+        )
+    action = "holds its count" if args.count is None else f"is set to {args.count}"
+    print(f"{pool.name}: {pause.describe()}; from the next tick it {action} and the scaler does not scale it")
+    return EXIT_OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    """Give the pool back to the scaler (a pool not paused stays as it is)."""
+    from dataclasses import replace
+
+    config = _read_config(args.config)
+    pool = _pool(config, args.pool)
+    store = _state_table(config, "resume")
+    cleared: list[Any] = []
+
+    def clear(state: Any) -> Any:
+        cleared.append(state.pause)
+        return replace(state, pause=None)
+
+    _rewrite_state(store, pool.name, clear)
+    was = f"was {cleared[-1].describe()}" if cleared[-1] is not None else "was not paused"
+    print(f"{pool.name}: resumed ({was}); from the next tick the scaler decides its count again")
+    return EXIT_OK
+
+
+def _status_row(pool: PoolConfig, stored: Any, service: Any, now: float) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from celery_autoscaler.state import UnreadableState
+
+    row: dict[str, Any] = {
+        "pool": pool.name,
+        "service": pool.service,
+        "desired": service.desired if service is not None and service.error is None else None,
+        "running": service.running if service is not None and service.error is None else None,
+        "pending": service.pending if service is not None and service.error is None else None,
+        "service_status": None if service is None else service.error or service.status,
+        "min_workers": pool.min_workers,
+        "max_workers": pool.max_workers,
+        "tasks_per_worker": pool.tasks_per_worker,
+    }
+    if isinstance(stored, UnreadableState):
+        return {**row, "state_error": stored.reason, "paused": None, "last_reason": None, "state": None}
+    pause = stored.pause
+    state = asdict(stored)
+    window = [count for at, count in stored.recommendations if now - at < pool.scale_in_window_s]
+    return {
+        **row,
+        "state_error": None,
+        "paused": None if pause is None else {**asdict(pause), "active": pause.active(now), "text": pause.describe()},
+        "last_desired": stored.last_desired,
+        "last_action_at": stored.last_action_at,
+        "last_reason": stored.last_reason,
+        "window_max": max(window, default=None),
+        "state": {k: v for k, v in state.items() if k not in ("pause", "last_reason")},
+    }
+
+
+def _clock(epoch: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _print_status(row: dict[str, Any]) -> None:
+    counts = f"{row['desired']} desired, {row['running']} running, {row['pending']} pending"
+    if row["desired"] is None:
+        counts = f"ECS: {row['service_status']}"
+    print(f"{row['pool']} (service {row['service']}): {counts}; bounds {row['min_workers']}..{row['max_workers']}")
+    if row["state_error"] is not None:
+        print(f"  state unreadable: {row['state_error']}")
+        return
+    paused = row["paused"]
+    print(f"  paused: {'no' if paused is None else paused['text'] + ('' if paused['active'] else ' (expired)')}")
+    if paused is not None and paused["count"] is not None:
+        print(f"  pause count: {paused['count']}")
+    print(f"  last decision: {row['last_reason'] or '- (no tick saved a reason yet)'}")
+    state = row["state"]
+    print(
+        f"  policy inputs: {row['tasks_per_worker']:g} tasks per worker; max over the scale-in window "
+        f"{row['window_max'] if row['window_max'] is not None else '-'}; idle since {_clock(state['idle_since'])}; "
+        f"{state['consecutive_failures']} failed tick(s) in a row"
+    )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Every pool's counts (ECS), bounds (config), last decision, pause and policy inputs (state table)."""
+    from celery_autoscaler.ecs import EcsActuator, EcsError
+
+    config = _read_config(args.config)
+    store = _state_table(config, "status")
+    states = store.load([pool.name for pool in config.pools])
+    try:
+        services = EcsActuator(config.cluster).describe([pool.service for pool in config.pools])
+    except EcsError as exc:
+        raise StateCommandError(str(exc)) from exc
+    now = time.time()
+    rows = [_status_row(pool, states[pool.name], services.get(pool.service), now) for pool in config.pools]
+    if args.json:
+        _print_json({"pools": rows})
+    else:
+        for row in rows:
+            _print_status(row)
+    failed = any(row["state_error"] or row["desired"] is None for row in rows)
+    return EXIT_POOL_FAILED if failed else EXIT_OK
+
+
+def add_pause(subparsers: Any) -> None:
+    import getpass
+
+    parser = subparsers.add_parser("pause", help="take a pool out of the scaler's hands (state table; no deploy)")
+    parser.add_argument("pool", metavar="POOL", help="the pool's name in the config")
+    parser.add_argument("--config", required=True, help="the scaler's JSON config document (names the state table)")
+    parser.add_argument("--count", type=int, help="set exactly this many workers (default: hold the current count)")
+    parser.add_argument("--for", dest="duration", help="lapse by itself after this long (90s, 15m, 2h, 1d, 1h30m)")
+    parser.add_argument("--by", default=getpass.getuser(), help="who paused it, shown in logs (default %(default)s)")
+    parser.set_defaults(run=run_pause)
+
+
+def add_resume(subparsers: Any) -> None:
+    parser = subparsers.add_parser("resume", help="give a paused pool back to the scaler")
+    parser.add_argument("pool", metavar="POOL", help="the pool's name in the config")
+    parser.add_argument("--config", required=True, help="the scaler's JSON config document (names the state table)")
+    parser.set_defaults(run=run_resume)
+
+
+def add_status(subparsers: Any) -> None:
+    parser = subparsers.add_parser("status", help="every pool's counts, bounds, last decision, pause and inputs")
+    parser.add_argument("--config", required=True, help="the scaler's JSON config document")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_status)
+
+
 # --- simulate ------------------------------------------------------------------------------------
 
 
@@ -190,7 +396,7 @@ def add_simulate(subparsers: Any) -> None:
     )
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate, add_simulate]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_measure, add_evaluate, add_pause, add_resume, add_status, add_simulate]
 """Each entry adds one subcommand's parser to the ``subparsers`` it is given."""
 
 
@@ -248,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerUnavailableError as exc:
         print(f"celery-autoscaler: broker unreachable: {exc}", file=sys.stderr)
         return EXIT_BROKER
+    except StateCommandError as exc:
+        print(f"celery-autoscaler: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_POOL_FAILED
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] not in TOOLS_EXTRA_MODULES:
             raise

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from celery_autoscaler.config import PoolConfig
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
+from celery_autoscaler.pause import Pause
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PoolState:
 
     ``recommendations`` are the (time, raw count) pairs still inside the scale-in window.
     ``version`` belongs to the store (optimistic locking); ``decide`` never changes it.
+    ``pause`` (an operator's, see pause.py) and ``last_reason`` are the tick's; ``decide`` keeps them as they are.
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
@@ -40,6 +42,8 @@ class PoolState:
     last_action_at: float | None = None
     last_desired: int | None = None
     consecutive_failures: int = 0
+    pause: Pause | None = None
+    last_reason: str | None = None
     version: int = 0
 
 

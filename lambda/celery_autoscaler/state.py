@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from celery_autoscaler.aws import Backoff, client_config
+from celery_autoscaler.pause import Pause
 from celery_autoscaler.policy import PoolState
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ BATCH_GET_LIMIT = 100
 """BatchGetItem reads at most 100 keys per call."""
 
 STATE_FIELDS = ("recommendations", "idle_since", "last_action_at", "last_desired", "consecutive_failures")
-"""Every field ``encode_state`` writes; an item missing one is corrupt (unknown extra fields are ignored)."""
+"""The fields every item has; an item missing one is corrupt (unknown extra fields are ignored).
+
+``pause`` and ``last_reason`` came later: an item without them is not paused and has no reason yet."""
 
 
 MAX_EPOCH_S = 1e11
@@ -109,6 +112,20 @@ def _field(body: dict[str, Any], name: str, valid: bool) -> Any:
     return body[name]
 
 
+def _pause(body: dict[str, Any]) -> Pause | None:
+    try:
+        return Pause.from_json(body.get("pause"))
+    except ValueError as exc:
+        raise CorruptStateError(f"field 'pause' {exc}") from exc
+
+
+def _last_reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("last_reason")
+    if not isinstance(reason, str | None):
+        raise CorruptStateError(f"field 'last_reason' has the wrong type or value ({str(reason)[:40]})")
+    return reason
+
+
 def decode_state(text: str, version: int) -> PoolState:
     """The ``PoolState`` in ``text``; :class:`CorruptStateError` naming the field if it is not one."""
     try:
@@ -133,6 +150,8 @@ def decode_state(text: str, version: int) -> PoolState:
         last_action_at=_field(body, "last_action_at", optional_time["last_action_at"]),
         last_desired=_field(body, "last_desired", body["last_desired"] is None or _is_count(body["last_desired"])),
         consecutive_failures=_field(body, "consecutive_failures", _is_count(body["consecutive_failures"])),
+        pause=_pause(body),
+        last_reason=_last_reason(body),
         version=version,
     )
 

@@ -74,6 +74,12 @@ def emf_document(
     return document
 
 
+def _broker_unreadable(outcome: PoolOutcome) -> bool:
+    """The pool's load could not be read this tick (broker down or untrusted, or one of its queues unreadable)."""
+    load_missing = outcome.measurements is not None and outcome.measurements.load is None
+    return load_missing or "broker" in outcome.faults or "queue" in outcome.faults
+
+
 class Telemetry:
     """Writes the tick's log lines and EMF documents to ``stream`` (stdout unless a test injects one)."""
 
@@ -115,6 +121,7 @@ class Telemetry:
             "faults": list(outcome.faults),
             "protected_tasks": outcome.protected_tasks,
             "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
+            "paused": outcome.paused(),
         }
         if outcome.traceback is not None:
             line["traceback"] = outcome.traceback
@@ -136,6 +143,8 @@ class Telemetry:
                     "ScalerErrors": (1 if outcome.error else 0, "Count"),
                     "UnreadableQueues": (sum(q.error is not None for q in queues) if queues else None, "Count"),
                     "UndeclaredQueues": (sum(q.declared is False for q in queues) if queues else None, "Count"),
+                    "Paused": (1 if outcome.pause is not None else 0, "Count"),
+                    "BrokerUnreadable": (1 if _broker_unreadable(outcome) else 0, "Count"),
                     # One metric per fault kind, only on ticks that had it (BrokerErrors, StateErrors, ScalerBugs...).
                     **{fault.metric: (1, "Count") for fault in outcome.faults if fault.metric is not None},
                 },

@@ -14,6 +14,9 @@ Safety rules kept here (the policy keeps the rest):
 - state is saved BEFORE acting, conditionally: if another invocation saved first, this one does
   not act on that pool;
 - UpdateService only when the desired count differs, and never in dry-run;
+- a pool an operator paused (its state item holds the pause, see pause.py) keeps its count, or gets
+  exactly the pause's count, instead of the policy's; an expired pause lapses here and is forgotten
+  when the state is saved;
 - nothing raises out of a tick: an unexpected exception (a bug) is reported, with its traceback,
   on the pools it concerns; the other pools still act.
 """
@@ -23,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from celery_autoscaler.config import PoolConfig, ScalerConfig
 from celery_autoscaler.ecs import Actuator, EcsError, ProtectionReader, ServiceStatus, require_active
 from celery_autoscaler.measurements import BrokerMeasurements, PoolMeasurements, QueueMeasurement, pool_load
+from celery_autoscaler.pause import Pause
 from celery_autoscaler.policy import Decision, PoolState, decide
 from celery_autoscaler.probe import BrokerUnavailableError, Probe
 from celery_autoscaler.state import (
@@ -90,7 +94,8 @@ class PoolOutcome:
 
     ``conflict`` means another invocation saved this pool's state first, so this one stood back;
     it is expected under overlap and is not an error. ``faults`` says which parts failed (``error``
-    says how); ``traceback`` is set when one of them was a bug.
+    says how); ``traceback`` is set when one of them was a bug. ``pause`` is the operator's pause in
+    force (``None`` when not paused, or when the state could not be read).
     """
 
     pool: str
@@ -104,6 +109,7 @@ class PoolOutcome:
     protected_tasks: int | None = None
     faults: tuple[Fault, ...] = ()
     traceback: str | None = None
+    pause: Pause | None = None
 
     def with_problem(self, problem: Problem | None) -> PoolOutcome:
         """This outcome with ``problem`` added to its error, faults and traceback."""
@@ -141,7 +147,12 @@ class PoolOutcome:
             "error": self.error,
             "faults": list(self.faults),
             "protected_tasks": self.protected_tasks,
+            "paused": self.paused(),
         }
+
+    def paused(self) -> dict[str, Any] | None:
+        """The pause in force as JSON (the log line's and the CLI's ``paused``), ``None`` when not paused."""
+        return None if self.pause is None else asdict(self.pause)
 
 
 @dataclass(frozen=True)
@@ -249,7 +260,13 @@ def _hold_untrusted(
     The fresh state's window holds the current count, so the next ticks cannot scale in before a
     full ``scale_in_window_s`` has passed, exactly as if that count had been recommended now.
     """
-    fresh = PoolState(recommendations=((now, status.desired),), last_desired=status.desired, consecutive_failures=1)
+    kept_pause = stored.pause if isinstance(stored, PoolState) else None  # an operator's pause outlives a reset
+    fresh = PoolState(
+        recommendations=((now, status.desired),),
+        last_desired=status.desired,
+        consecutive_failures=1,
+        pause=kept_pause,
+    )
     held = replace(problem, message=f"{problem.message}: holding at {status.desired}, not acting")
     try:
         reset = _reset_state(store, outcome.pool, stored, fresh)
@@ -259,6 +276,37 @@ def _hold_untrusted(
         return outcome.with_problem(replace(held, message=f"{held.message}; reset failed: {exc}"))
     suffix = "; state reset to the current count" if reset else ""
     return outcome.with_problem(replace(held, message=held.message + suffix))
+
+
+def _active_pause(stored: StoredState, now: float) -> Pause | None:
+    pause = stored.pause if isinstance(stored, PoolState) else None
+    return pause if pause is not None and pause.active(now) else None
+
+
+def _paused(pause: Pause, measurements: PoolMeasurements, state: PoolState, now: float) -> Decision:
+    """The operator's word instead of the policy's: keep the current count, or set exactly ``pause.count``."""
+    current = measurements.current_desired
+    desired = current if pause.count is None else pause.count
+    action = f"holding at {desired}" if pause.count is None else f"set to {desired} by the operator"
+    new_state = replace(
+        state,
+        last_desired=desired,
+        last_action_at=now if desired != current else state.last_action_at,
+        consecutive_failures=0,
+    )
+    return Decision(desired, f"{pause.describe()}: {action}, not scaling -> {desired}", new_state)
+
+
+def _decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, now: float) -> Decision:
+    """The pause's decision while one is in force, else the policy's; the reason is remembered in the state."""
+    pause = state.pause
+    if pause is not None and pause.active(now):
+        decision = _paused(pause, measurements, state, now)
+    else:
+        decision = decide(measurements, pool, replace(state, pause=None), now)
+        if pause is not None:  # lapsed: said once, and forgotten when this state is saved
+            decision = replace(decision, reason=f"{decision.reason} ({pause.describe()}: lapsed)")
+    return replace(decision, new_state=replace(decision.new_state, last_reason=decision.reason))
 
 
 def _pool_tick(
@@ -273,8 +321,9 @@ def _pool_tick(
     broker = readings.broker
     stored = readings.states[pool.name]
     queues = {q: broker.queues[q] for q in pool.queues} if broker is not None else {}
+    pause = _active_pause(stored, now)
     base = (
-        PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues)
+        PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues, pause=pause)
         .with_problem(readings.broker_problem)
         .with_problem(readings.state_problem)
     )
@@ -298,7 +347,7 @@ def _pool_tick(
     if isinstance(trusted, Problem):
         return _hold_untrusted(base, trusted, stored, store, status, now)
 
-    decision = decide(measurements, pool, trusted, now)
+    decision = _decide(measurements, pool, trusted, now)
     outcome = replace(base, decision=decision)
     try:
         saved = store.save(pool.name, decision.new_state)
