@@ -284,6 +284,49 @@ def whatif(hours: float, seed: int, document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def handshake(hours: float, seed: int, document: dict[str, Any]) -> list[str]:
+    """Our policy with and without fence and drain (issue 13's targets): kills, worker-seconds, p95."""
+    lines = [
+        "## Fence and drain (our policy, the module's defaults, with and without the handshake)",
+        "",
+        "| trace | killed (without -> with) | worker-s (without -> with) | p95 wait s (without -> with) | targets |",
+        "|---|---|---|---|---|",
+    ]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in BUILTIN:
+        trace = builtin(name, hours=hours, seed=seed)
+        pair = {}
+        for label, drain in (("without", False), ("with", True)):
+            settings = SimSettings(drain=drain)
+            run = run_pool(
+                trace.enqueue_s,
+                trace.service_s,
+                ScalerPolicy(DEFAULT_POOL),
+                DEFAULT_POOL,
+                settings,
+                seed,
+                trace.horizon_s,
+            )
+            pair[label] = summarise([run], settings)
+        before, after = pair["without"], pair["with"]
+        cost = after["worker_seconds"] / before["worker_seconds"] - 1 if before["worker_seconds"] else 0.0
+        p95 = after["wait_p95_s"] / before["wait_p95_s"] - 1 if before["wait_p95_s"] else 0.0
+        held = {
+            "killed 0": after["tasks_killed"] == 0,
+            "worker-s <= +3 %": cost <= 0.03,
+            "p95 <= +10 %": after["wait_p95_s"] <= before["wait_p95_s"] * 1.10 + 1e-9,
+        }
+        rows[name] = {**pair, "worker_seconds_change": round(cost, 4), "wait_p95_change": round(p95, 4), "holds": held}
+        verdict = ", ".join(f"{'holds' if ok else 'FAILS'}: {target}" for target, ok in held.items())
+        lines.append(
+            f"| {name} | {before['tasks_killed']} -> {after['tasks_killed']} | "
+            f"{before['worker_seconds']:.0f} -> {after['worker_seconds']:.0f} ({cost:+.1%}) | "
+            f"{before['wait_p95_s']:.2f} -> {after['wait_p95_s']:.2f} ({p95:+.0%}) | {verdict} |"
+        )
+    document["handshake"] = rows
+    return [*lines, ""]
+
+
 def speed(seed: int) -> dict[str, float]:
     """Wall time of one simulated day at 5 tasks/s under our policy (engine only, and with trace generation)."""
     start = time.perf_counter()
@@ -346,6 +389,9 @@ def main() -> int:
         if scenario == "defaults":
             pareto(results, out / "pareto.png")
     md += whatif(args.hours, args.seed, document)
+    drain_lines = handshake(args.hours, args.seed, document)
+    print("\n".join(drain_lines), file=sys.stderr)
+    md += drain_lines
     document["speed"] = speed(args.seed)
     md += [
         "## Simulator speed",

@@ -113,6 +113,22 @@ def test_scale_in_kills_long_tasks_only_without_protection() -> None:
     assert killed[False] > 0
 
 
+@pytest.mark.parametrize("name", ["steady-long", "diurnal-long"])
+def test_fence_and_drain_closes_the_scale_in_race(name: str) -> None:
+    """ECS stops only drained workers: the tasks a stopping worker took in the race are no longer killed."""
+    trace = builtin(name, hours=3, seed=1)
+    outcome = {}
+    for drain in (False, True):
+        settings = SimSettings(drain=drain)
+        run = run_pool(
+            trace.enqueue_s, trace.service_s, ScalerPolicy(DEFAULT_POOL), DEFAULT_POOL, settings, 1, trace.horizon_s
+        )
+        outcome[drain] = run
+    assert outcome[False].tasks_killed > 0
+    assert outcome[True].tasks_killed == 0
+    assert outcome[True].worker_seconds <= outcome[False].worker_seconds * 1.03
+
+
 def test_unknown_trace_or_policy_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--trace", "no-such-trace.csv"]) == 2
     assert main(["--trace", "steady", "--hours", "0.1", "--compare", "hpa"]) == 2
@@ -148,10 +164,11 @@ def test_simulated_workers_and_scaler_defaults_are_the_modules() -> None:
 
 
 def test_no_acks_late_hides_running_tasks_from_the_scaler(capsys: pytest.CaptureFixture[str]) -> None:
-    # With acks_late off the probe sees no running task, so a busy steady pool looks idle and churns.
-    actions = {}
+    # With acks_late off the probe sees no running task, so a pool busy with long tasks looks idle and is
+    # sized too small: tasks wait. (Fence and drain keeps it from churning: only idle workers drain.)
+    p95 = {}
     for flag in ("--acks-late", "--no-acks-late"):
         assert main(["--trace", "steady-long", "--hours", "2", "--json", flag]) == 0
         document = json.loads(capsys.readouterr().out)
-        actions[flag] = document["policies"]["celery-autoscaler"]["scaling_actions"]
-    assert actions["--no-acks-late"] > actions["--acks-late"]
+        p95[flag] = document["policies"]["celery-autoscaler"]["wait_p95_s"]
+    assert p95["--no-acks-late"] > 2 * p95["--acks-late"]

@@ -23,6 +23,8 @@ class ScalerPolicy:
     name = "celery-autoscaler"
     interval_s: float | None = None
     initial_count = 0
+    drains = True
+    """Scale-in goes through the worker helper's fence and drain (``SimSettings.drain`` turns it off)."""
 
     def __init__(self, pool: PoolConfig) -> None:
         self.pool = pool

@@ -18,6 +18,14 @@ What is modelled, and why it matters to the numbers:
   SIGTERM ``stop_signal_s`` later (it may take a message in between): warm shutdown returns its
   reserved messages to the head of the queue at once and lets running tasks finish; any still
   running after ``stop_timeout_s`` are killed and counted.
+- Fence and drain (``drain``, on for this product's policy): a lowering by k is first a drain
+  request for k slots; a ready worker that has held nothing for ``protection_release_s`` (one ECS
+  may stop today) claims a free slot at its next poll (within ``drain_poll_s``), stops consuming
+  and drops its protection; every other worker is protected while the drain lasts. Each later tick
+  lowers the desired count by the workers drained since the last one (so ECS can only stop drained
+  workers) and keeps as many slots open as the decision still wants gone; the drain is over once
+  the decision no longer lowers and ECS has stopped what was lowered (a drained worker still up
+  then consumes again).
 - The scaler is invoked every minute with jitter and runs ``ticks_per_invocation`` ticks inside it;
   comparison policies run on their own fixed period instead.
 
@@ -45,7 +53,8 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 _PENDING, _READY, _DRAINING, _STOPPED = 0, 1, 2, 3
-_DONE, _READY_EVENT, _SIGTERM, _KILL, _RELEASE, _SAMPLE = 0, 1, 2, 3, 4, 5
+_DONE, _READY_EVENT, _SIGTERM, _KILL, _RELEASE, _SAMPLE, _POLL = 0, 1, 2, 3, 4, 5, 6
+_CONSUMING, _DRAINED = 0, 1
 _INF = math.inf
 
 
@@ -93,6 +102,9 @@ class SimSettings:
     pricing: str = "x86"
     min_billed_s: float = 60.0
     slo_s: float = 60.0
+    drain: bool = True
+    drain_poll_s: float = 1.0
+    drain_idle_s: float = 10.0
 
     @property
     def usd_per_worker_second(self) -> float:
@@ -173,6 +185,9 @@ def run_pool(
     protect = settings.scale_in_protection
     release_s = settings.protection_release_s
     stop_timeout = settings.stop_timeout_s
+    drains = settings.drain and bool(getattr(policy, "drains", False))
+    poll_rng = random.Random(f"{seed}:drain-poll")
+    drain_idle = settings.drain_idle_s
     delay_rng = random.Random(f"{seed}:start-delay")
     victim_rng = random.Random(f"{seed}:victims")
     ticks = tick_times(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}"))
@@ -193,6 +208,7 @@ def run_pool(
     w_idle: list[float] = []
     w_listen: list[bool] = []
     w_release: list[bool] = []
+    w_drain: list[int] = []  # _CONSUMING, or _DRAINED: claimed a slot while idle, stopped consuming, unprotected
     alive: dict[int, None] = {}  # pending or ready (not draining), in launch order
 
     n_running = 0
@@ -208,6 +224,7 @@ def run_pool(
     desired = policy.initial_count
     state = policy.initial_state()
     samples: list[tuple[float, int, int, int]] = []
+    drain_open: int | None = None  # the pool's drain: None, or how many more workers may claim a slot
 
     def new_worker(t: float, ready: bool) -> int:
         nonlocal n_up
@@ -227,6 +244,7 @@ def run_pool(
         w_idle.append(-_INF)
         w_listen.append(False)
         w_release.append(False)
+        w_drain.append(_CONSUMING)
         alive[w] = None
         return w
 
@@ -246,7 +264,7 @@ def run_pool(
             n_reserved += 1
 
     def has_room(w: int) -> bool:
-        return len(w_res[w]) + (w_run[w] if acks_late else 0) < hold
+        return w_drain[w] == _CONSUMING and len(w_res[w]) + (w_run[w] if acks_late else 0) < hold
 
     def refill(w: int, t: float) -> None:
         """A ready worker with room pulls from the queue, then waits in line for new messages."""
@@ -304,7 +322,59 @@ def run_pool(
         feed(t)
 
     def protected(w: int, t: float) -> bool:
+        if w_drain[w] == _DRAINED:
+            return False
+        if drain_open is not None and w_drain[w] == _CONSUMING:
+            return True  # every worker not draining holds protection while a drain lasts
         return w_run[w] > 0 or len(w_res[w]) > 0 or t < w_idle[w] + release_s
+
+    def poll_soon(w: int, t: float) -> None:
+        """The helper's once-a-second poll after the worker has been idle ``protection_release_s``."""
+        at = max(t, w_idle[w] + drain_idle) if w_run[w] == 0 and not w_res[w] else t
+        push(heap, (at + poll_rng.uniform(0.0, settings.drain_poll_s), _POLL, w))
+
+    def poll(w: int, t: float) -> None:
+        """A worker idle for ``protection_release_s`` claims a free slot, stops consuming and is unprotected."""
+        nonlocal drain_open
+        if not drain_open or w_state[w] != _READY or w_drain[w] != _CONSUMING:
+            return
+        if w_run[w] == 0 and not w_res[w] and t >= w_idle[w] + drain_idle:
+            drain_open -= 1
+            w_drain[w] = _DRAINED
+
+    def end_drain(t: float) -> None:
+        """The drain is over: a drained worker still up consumes again."""
+        nonlocal drain_open
+        drain_open = None
+        for w in alive:
+            if w_drain[w] != _CONSUMING:
+                w_drain[w] = _CONSUMING
+                if w_state[w] == _READY:
+                    refill(w, t)
+        feed(t)
+
+    def drain_tick(wanted: int, t: float) -> int:
+        """What the tick sets with the handshake (as ``celery_autoscaler.drain.plan``).
+
+        Never below the running workers that have not drained (those are protected), so ECS can only
+        stop pending and drained ones; slots stay open for the drains still wanted. The drain is over
+        once the decision no longer lowers and ECS has stopped what was lowered.
+        """
+        nonlocal drain_open
+        drained = sum(1 for w in alive if w_drain[w] == _DRAINED)
+        if wanted >= desired:
+            if drain_open is not None and n_up <= desired:
+                end_drain(t)
+            elif drain_open is not None:
+                drain_open = 0
+            return wanted
+        keep = n_up - drained
+        drain_open = max(0, keep - wanted)
+        if drain_open:  # every idle worker sees the open slots at its next poll
+            for w in alive:
+                if w_state[w] == _READY and w_drain[w] == _CONSUMING:
+                    poll_soon(w, t)
+        return min(desired, max(wanted, keep))
 
     def reconcile(t: float) -> None:
         """The ECS service scheduler: start or stop tasks until the live count meets the desired count."""
@@ -385,6 +455,8 @@ def run_pool(
                     refill(w, t)
                     if w_run[w] == 0 and not res:
                         w_idle[w] = t
+                        if drain_open is not None:
+                            poll_soon(w, t)
                         if blocked and not w_release[w]:
                             w_release[w] = True
                             push(heap, (t + release_s, _RELEASE, w))
@@ -395,6 +467,8 @@ def run_pool(
                     w_state[w] = _READY
                     n_up += 1
                     refill(w, t)
+                    if drain_open is not None:
+                        poll_soon(w, t)
             elif kind == _SIGTERM:
                 if w_state[w] == _READY:
                     drain(w, t)
@@ -410,6 +484,8 @@ def run_pool(
                 if blocked and w in alive and w_state[w] == _READY and not protected(w, t):
                     stop(w, t)
                     blocked = len(alive) > desired
+            elif kind == _POLL:
+                poll(w, t)
             else:
                 samples.append((t, pending, n_up, desired))
                 push(heap, (t + 60.0, _SAMPLE, 0))
@@ -428,6 +504,8 @@ def run_pool(
                 measured_at=t,
             )
             wanted, state = policy(PoolMeasurements(current_desired=desired, running=n_up, load=load), state, t)
+            if drains:
+                wanted = drain_tick(wanted, t)
             if wanted != desired:
                 actions += 1
                 desired = wanted
