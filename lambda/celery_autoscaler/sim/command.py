@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from celery_autoscaler.config import ConfigError, load_config
+from celery_autoscaler.config import ConfigError, ScalerConfig, load_config
 from celery_autoscaler.sim.engine import PRICES, SimSettings
-from celery_autoscaler.sim.simulate import METRICS, as_json, simulate
+from celery_autoscaler.sim.simulate import DEFAULT_POOL, PolicyOutcome, as_json, simulate
 from celery_autoscaler.sim.traces import BUILTIN, ServiceModel, Trace, builtin, read_csv
 
 
@@ -60,6 +61,8 @@ def load_trace(spec: str, hours: float | None, seed: int, service_s: float = 2.0
     """A built-in trace by name or a CSV file, cut to ``hours`` if given."""
     if spec in BUILTIN:
         return builtin(spec, hours=hours if hours is not None else 24.0, seed=seed)
+    if not Path(spec).is_file():
+        raise ValueError(f"--trace {spec!r} is neither a built-in trace ({', '.join(BUILTIN)}) nor a CSV file")
     trace = read_csv(spec, ServiceModel(mean_s=service_s), seed=seed)
     return trace.truncated(hours * 3600.0) if hours is not None else trace
 
@@ -88,11 +91,49 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
-    print(f"{trace.name}: {len(trace)} tasks over {trace.horizon_s / 3600:.2f} h")
-    print(f"{'policy':22}" + "".join(f"{m:>22}" for m in METRICS))
-    for name, outcome in outcomes.items():
-        print(f"{name:22}" + "".join(f"{outcome.metrics[m]:>22}" for m in METRICS))
+    print("\n".join(table(outcomes, trace, config, settings)))
     return 0
+
+
+# (metric, header line 1, header line 2, width, decimals, a count per simulated day)
+COLUMNS = (
+    ("wait_p50_s", "wait", "p50 s", 7, 1, False),
+    ("wait_p95_s", "wait", "p95 s", 7, 1, False),
+    ("wait_p99_s", "wait", "p99 s", 7, 1, False),
+    ("max_backlog", "max", "backlog", 8, 0, False),
+    ("worker_seconds", "worker", "hours", 8, 1, True),
+    ("cost_usd", "cost", "USD", 8, 2, True),
+    ("scaling_actions", "scaling", "actions", 8, 0, True),
+    ("slo_violation_minutes", "SLO", "late min", 9, 0, True),
+    ("tasks_killed", "tasks", "killed", 7, 0, True),
+)
+POLICY_WIDTH = 20
+
+
+def table(
+    outcomes: Mapping[str, PolicyOutcome], trace: Trace, config: ScalerConfig | None, settings: SimSettings
+) -> list[str]:
+    """The comparison as text under 100 columns: the trace, the pool settings and the scaling to a day above it."""
+    day = 86400.0 / trace.horizon_s if trace.horizon_s > 0 else 1.0
+    pools = config.pools if config is not None else (DEFAULT_POOL,)
+    lines = [f"{trace.name}: {len(trace)} tasks over {trace.horizon_s / 3600:.2f} h; slo {settings.slo_s:g} s"]
+    lines += [
+        f"pool {p.name}: concurrency {p.concurrency}, {p.min_workers}..{p.max_workers} workers, "
+        f"scale-in window {p.scale_in_window_s:g} s, idle window {p.idle_window_s:g} s"
+        for p in pools
+    ]
+    lines.append(f"workers: {settings.vcpu:g} vCPU, {settings.memory_gb:g} GB, {settings.pricing} prices")
+    lines.append(f"per simulated day (this trace x{day:.3g}): worker hours, USD, scaling actions, late min, killed")
+    lines.append(" " * POLICY_WIDTH + "".join(f"{top:>{width + 1}}" for _, top, _, width, _, _ in COLUMNS))
+    lines.append(f"{'policy':<{POLICY_WIDTH}}" + "".join(f"{unit:>{width + 1}}" for _, _, unit, width, _, _ in COLUMNS))
+    for name, outcome in outcomes.items():
+        cells = []
+        for metric, _, _, width, decimals, per_day in COLUMNS:
+            value = float(outcome.metrics[metric]) * (day if per_day else 1.0)
+            value = value / 3600.0 if metric == "worker_seconds" else value
+            cells.append(f"{value:>{width + 1}.{decimals}f}")
+        lines.append(f"{name:<{POLICY_WIDTH}}" + "".join(cells))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
