@@ -2,17 +2,18 @@
 # Broker
 ################################################################################
 
-# A fresh value on every plan: the replication group ignores auth_token changes, so only the first
-# value (stored in its state) is ever used, and the secret below is built from that stored value.
+# A fresh value on every plan: the replication group ignores auth_token changes and Amazon MQ ignores
+# user changes of a RabbitMQ broker once it exists, so only the first value (stored in their state) is
+# ever used, and the secret below is built from that stored value.
 data "aws_secretsmanager_random_password" "broker" {
-  count = var.broker.create && nonsensitive(var.broker_auth_token == null) ? 1 : 0
+  count = (local.create_redis && nonsensitive(var.broker_auth_token == null)) || local.create_rabbitmq ? 1 : 0
 
   password_length     = 64
   exclude_punctuation = true
 }
 
 resource "aws_elasticache_subnet_group" "broker" {
-  count = var.broker.create ? 1 : 0
+  count = local.create_redis ? 1 : 0
 
   name        = "${var.name}-broker"
   description = "Celery broker subnets of ${var.name}"
@@ -23,7 +24,7 @@ resource "aws_elasticache_subnet_group" "broker" {
 
 resource "aws_elasticache_replication_group" "broker" {
   #checkov:skip=CKV2_AWS_50:Failover is opt-in (broker.num_cache_clusters >= 2 enables it and Multi-AZ); one node is the low-cost default.
-  count = var.broker.create ? 1 : 0
+  count = local.create_redis ? 1 : 0
 
   replication_group_id       = var.name
   description                = "Celery broker of ${var.name}"
@@ -53,12 +54,47 @@ resource "aws_elasticache_replication_group" "broker" {
   }
 }
 
+# Amazon MQ for RabbitMQ. Its security groups cannot be changed after creation, so it gets the
+# module's own group (network.tf), whose id never changes; the rules are separate resources.
+resource "aws_mq_broker" "broker" {
+  #checkov:skip=CKV_AWS_48:General logs follow broker.rabbitmq.general_log, on by default (checkov cannot read the optional attribute's default).
+  #checkov:skip=CKV_AWS_208:broker.rabbitmq.engine_version is validated in variables.tf (3.13 or 4.x, the versions Amazon MQ creates).
+  count = local.create_rabbitmq ? 1 : 0
+
+  broker_name                = var.name
+  engine_type                = "RabbitMQ"
+  engine_version             = var.broker.rabbitmq.engine_version
+  host_instance_type         = var.broker.rabbitmq.host_instance_type
+  deployment_mode            = var.broker.rabbitmq.deployment_mode
+  publicly_accessible        = false
+  subnet_ids                 = var.broker.rabbitmq.deployment_mode == "SINGLE_INSTANCE" ? [var.subnet_ids[0]] : var.subnet_ids
+  security_groups            = [aws_security_group.broker[0].id]
+  auto_minor_version_upgrade = true # Amazon MQ requires it from RabbitMQ 3.13 on
+  apply_immediately          = var.broker.apply_immediately
+
+  encryption_options {
+    kms_key_id        = var.kms_key_arn
+    use_aws_owned_key = var.kms_key_arn == null
+  }
+
+  logs {
+    general = var.broker.rabbitmq.general_log
+  }
+
+  user {
+    username = var.broker.rabbitmq.username
+    password = one(data.aws_secretsmanager_random_password.broker[*].random_password)
+  }
+
+  tags = local.tags
+}
+
 resource "aws_secretsmanager_secret" "broker" {
-  #checkov:skip=CKV2_AWS_57:The secret mirrors the Redis AUTH token; rotation is an ElastiCache token update, not a Secrets Manager rotation Lambda.
+  #checkov:skip=CKV2_AWS_57:The secret mirrors the broker's own credential (Redis AUTH token, RabbitMQ user); rotation happens on the broker, not through a Secrets Manager rotation Lambda.
   count = var.broker.create ? 1 : 0
 
   name_prefix             = "${var.name}-broker-url-"
-  description             = "Celery broker URL (rediss://:TOKEN@HOST:PORT/DB) of ${var.name}"
+  description             = local.create_redis ? "Celery broker URL (rediss://:TOKEN@HOST:PORT/DB) of ${var.name}" : "Celery broker URL (amqps://USER:PASSWORD@HOST:5671//) of ${var.name}"
   kms_key_id              = var.kms_key_arn
   recovery_window_in_days = var.broker.secret_recovery_window_days
 
@@ -68,6 +104,11 @@ resource "aws_secretsmanager_secret" "broker" {
 resource "aws_secretsmanager_secret_version" "broker" {
   count = var.broker.create ? 1 : 0
 
-  secret_id     = aws_secretsmanager_secret.broker[0].id
-  secret_string = "rediss://:${urlencode(aws_elasticache_replication_group.broker[0].auth_token)}@${aws_elasticache_replication_group.broker[0].primary_endpoint_address}:${var.broker.port}/${var.broker.db}"
+  secret_id = aws_secretsmanager_secret.broker[0].id
+  secret_string = (
+    local.create_redis
+    ? "rediss://:${urlencode(aws_elasticache_replication_group.broker[0].auth_token)}@${aws_elasticache_replication_group.broker[0].primary_endpoint_address}:${var.broker.port}/${var.broker.db}"
+    # The broker's first (and only) user, as stored at creation; its endpoint is amqps://HOST:5671.
+    : "amqps://${urlencode(one(aws_mq_broker.broker[0].user).username)}:${urlencode(one(aws_mq_broker.broker[0].user).password)}@${regex("^amqps://([^/]+)", aws_mq_broker.broker[0].instances[0].endpoints[0])[0]}//"
+  )
 }

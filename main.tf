@@ -46,7 +46,18 @@ locals {
   # Broker
   ################################################################################
 
+  create_redis      = var.broker.create && var.broker.type == "redis"
+  create_rabbitmq   = var.broker.create && var.broker.type == "rabbitmq"
   broker_secret_arn = var.broker.create ? aws_secretsmanager_secret.broker[0].arn : var.broker.url_secret_arn
+  # RabbitMQ: the scaler reads the management API (HTTPS on 443 on Amazon MQ), the workers AMQPS.
+  rabbitmq_management_url = local.create_rabbitmq ? aws_mq_broker.broker[0].instances[0].console_url : var.broker.management_url
+  # The port the scaler opens to the broker: Redis's, or the RabbitMQ management API's.
+  scaler_broker_port = (
+    var.broker.type == "redis" ? var.broker.port :
+    local.create_rabbitmq ? 443 :
+    var.broker.management_url == null ? 15672 :
+    try(tonumber(regex("^https?://[^/:]+:([0-9]+)", var.broker.management_url)[0]), startswith(var.broker.management_url, "https://") ? 443 : 80)
+  )
 
   ################################################################################
   # Scaler
@@ -73,7 +84,7 @@ locals {
       socket_timeout_s        = var.broker.socket_timeout_s
       region                  = local.region
       queue_name_prefix       = var.broker.queue_name_prefix
-      management_url          = null
+      management_url          = local.rabbitmq_management_url
     }
     cluster = local.cluster_name
     # A pool's scaling settings carry the scaler's names, so they pass through as they are.

@@ -2,11 +2,21 @@ locals {
   gateway_endpoint_services   = var.vpc_endpoints.enabled ? setintersection(var.vpc_endpoints.services, ["dynamodb", "s3"]) : toset([])
   interface_endpoint_services = var.vpc_endpoints.enabled ? setsubtract(var.vpc_endpoints.services, ["dynamodb", "s3"]) : toset([])
 
-  # Who may open connections to Redis (and to the interface endpoints): the workers and the scaler.
+  # Who may open connections to the broker (and to the interface endpoints): the workers and the scaler.
   broker_clients = merge(
     { workers = aws_security_group.workers.id },
     var.scaler.enabled ? { scaler = aws_security_group.scaler[0].id } : {},
   )
+  # What each of them opens on a created broker: Redis's port; on RabbitMQ AMQPS for the workers
+  # and beat, the management API (HTTPS) for the scaler.
+  broker_ingress = {
+    for client, group in local.broker_clients : client => {
+      group       = group
+      port        = var.broker.type == "redis" ? var.broker.port : client == "scaler" ? 443 : 5671
+      description = var.broker.type == "redis" ? "Redis from the ${client}" : client == "scaler" ? "RabbitMQ management API (HTTPS) from the scaler" : "AMQPS from the workers and beat"
+    }
+  }
+  broker_names = { redis = "Redis", rabbitmq = "RabbitMQ" }
 }
 
 ################################################################################
@@ -38,21 +48,21 @@ resource "aws_security_group" "broker" {
   count = var.broker.create ? 1 : 0
 
   name        = "${var.name}-broker"
-  description = "Redis broker of ${var.name}: reachable from its workers and scaler only"
+  description = "${local.broker_names[var.broker.type]} broker of ${var.name}: reachable from its workers and scaler only"
   vpc_id      = var.vpc_id
 
   tags = merge(local.tags, { Name = "${var.name}-broker" })
 }
 
 resource "aws_vpc_security_group_ingress_rule" "broker" {
-  for_each = var.broker.create ? local.broker_clients : {}
+  for_each = var.broker.create ? local.broker_ingress : {}
 
   security_group_id            = aws_security_group.broker[0].id
-  description                  = "Redis from the ${each.key}"
+  description                  = each.value.description
   ip_protocol                  = "tcp"
-  from_port                    = var.broker.port
-  to_port                      = var.broker.port
-  referenced_security_group_id = each.value
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = each.value.group
 
   tags = local.tags
 }
@@ -88,10 +98,10 @@ resource "aws_vpc_security_group_egress_rule" "scaler_broker" {
   count = var.scaler.enabled ? 1 : 0
 
   security_group_id            = aws_security_group.scaler[0].id
-  description                  = "Redis broker"
+  description                  = var.broker.type == "redis" ? "Redis broker" : "RabbitMQ management API"
   ip_protocol                  = "tcp"
-  from_port                    = var.broker.port
-  to_port                      = var.broker.port
+  from_port                    = local.scaler_broker_port
+  to_port                      = local.scaler_broker_port
   referenced_security_group_id = var.broker.create ? aws_security_group.broker[0].id : null
   # An existing broker's address is unknown to the module: allow its port anywhere.
   cidr_ipv4 = var.broker.create ? null : "0.0.0.0/0"

@@ -55,18 +55,28 @@ output "broker_secret_arn" {
 }
 
 output "redis_endpoint" {
-  description = "Primary endpoint address of the created Redis, or null with an existing broker."
+  description = "Primary endpoint address of the created Redis, or null with an existing broker or RabbitMQ."
   value       = try(aws_elasticache_replication_group.broker[0].primary_endpoint_address, null)
 }
 
 output "redis_port" {
-  description = "Port of the created Redis, or null with an existing broker."
-  value       = var.broker.create ? var.broker.port : null
+  description = "Port of the created Redis, or null with an existing broker or RabbitMQ."
+  value       = local.create_redis ? var.broker.port : null
 }
 
 output "redis_replication_group_id" {
-  description = "Id of the created ElastiCache replication group, or null with an existing broker."
+  description = "Id of the created ElastiCache replication group, or null with an existing broker or RabbitMQ."
   value       = try(aws_elasticache_replication_group.broker[0].id, null)
+}
+
+output "rabbitmq_broker_id" {
+  description = "Id of the created Amazon MQ for RabbitMQ broker, or null with Redis or an existing broker."
+  value       = try(aws_mq_broker.broker[0].id, null)
+}
+
+output "rabbitmq_management_url" {
+  description = "RabbitMQ's management API (and web console) the scaler reads: the created broker's https://HOST, or broker.management_url; null when derived from an existing broker's URL, or with Redis."
+  value       = local.rabbitmq_management_url
 }
 
 ################################################################################
@@ -147,7 +157,7 @@ output "scaler_security_group_id" {
 }
 
 output "broker_security_group_id" {
-  description = "Security group of the created Redis, or null with an existing broker."
+  description = "Security group of the created broker (Redis or RabbitMQ), or null with an existing broker."
   value       = try(aws_security_group.broker[0].id, null)
 }
 

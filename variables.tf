@@ -427,12 +427,15 @@ variable "beat" {
 
 variable "broker" {
   description = <<-EOT
-    The Redis broker. create = true builds an ElastiCache replication group (TLS in transit, encrypted at rest, AUTH token) and a Secrets Manager secret holding its `rediss://:TOKEN@HOST:PORT/DB` URL.
-    create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis:// or rediss://); allow the workers' and the scaler's security groups (outputs) in its security group.
+    The Celery broker. type = "redis" (default) or "rabbitmq".
+    Redis: create = true builds an ElastiCache replication group (TLS in transit, encrypted at rest, AUTH token) and a Secrets Manager secret holding its `rediss://:TOKEN@HOST:PORT/DB` URL.
+    RabbitMQ: create = true builds a private Amazon MQ for RabbitMQ broker (settings in `rabbitmq`; AMQPS on 5671 from the workers and beat, the management API on 443 from the scaler) and a secret holding its `amqps://USER:PASSWORD@HOST:5671//` URL; the scaler reads the broker's management API (docs/brokers.md).
+    create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis://, rediss://, amqp:// or amqps://, the vhost in the path); allow the workers' and the scaler's security groups (outputs) in its security group. For an existing RabbitMQ, management_url is where its management API is when not `http://HOST:15672` (amqp://) or `https://HOST` (amqps://, as on Amazon MQ).
     key_prefix, priority_sep and publish_time_header must match the Celery app (global_keyprefix, priority separator, the publish-time header of celery_autoscaler.worker.install).
     queue_name_prefix is SQS's: kombu's transport option of that name, put before every queue's name.
   EOT
   type = object({
+    type                        = optional(string, "redis")
     create                      = optional(bool, true)
     url_secret_arn              = optional(string)
     url_secret_kms_key_arn      = optional(string)
@@ -452,7 +455,16 @@ variable "broker" {
     unacked_scan_interval_s     = optional(number, 60)
     unacked_scan_cap            = optional(number, 10000)
     socket_timeout_s            = optional(number, 5)
-    queue_name_prefix           = optional(string, "")
+    management_url              = optional(string)
+    rabbitmq = optional(object({
+      engine_version      = optional(string, "3.13")
+      host_instance_type  = optional(string, "mq.t3.micro")
+      deployment_mode     = optional(string, "SINGLE_INSTANCE")
+      publicly_accessible = optional(bool, false)
+      username            = optional(string, "celery")
+      general_log         = optional(bool, true)
+    }), {})
+    queue_name_prefix = optional(string, "")
   })
   default  = {}
   nullable = false
@@ -515,6 +527,50 @@ variable "broker" {
   validation {
     condition     = var.broker.socket_timeout_s > 0
     error_message = "broker.socket_timeout_s must be > 0."
+  }
+
+  validation {
+    condition     = contains(["redis", "rabbitmq"], var.broker.type)
+    error_message = "broker.type must be \"redis\" or \"rabbitmq\"."
+  }
+
+  validation {
+    condition     = var.broker.management_url == null || (var.broker.type == "rabbitmq" && !var.broker.create && can(regex("^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^?#@[:space:]]*)?$", var.broker.management_url)))
+    error_message = "broker.management_url is for an existing RabbitMQ only (type = \"rabbitmq\", create = false; the module knows its own broker's) and must be http(s)://HOST[:PORT][/PREFIX] without credentials (they come from the broker URL)."
+  }
+
+  validation {
+    condition     = contains(["SINGLE_INSTANCE", "CLUSTER_MULTI_AZ"], var.broker.rabbitmq.deployment_mode)
+    error_message = "broker.rabbitmq.deployment_mode must be SINGLE_INSTANCE or CLUSTER_MULTI_AZ (Amazon MQ rejects ACTIVE_STANDBY_MULTI_AZ for RabbitMQ: it is ActiveMQ's)."
+  }
+
+  validation {
+    condition     = !var.broker.rabbitmq.publicly_accessible
+    error_message = "broker.rabbitmq.publicly_accessible must be false: Amazon MQ rejects security groups on a public RabbitMQ broker, and the module's broker is private behind its own security group."
+  }
+
+  validation {
+    condition     = can(regex("^(3\\.13|4\\.[0-9]+)$", var.broker.rabbitmq.engine_version))
+    error_message = "broker.rabbitmq.engine_version must be an Amazon MQ for RabbitMQ version that takes new brokers: 3.13 or 4.x (such as 4.2)."
+  }
+
+  validation {
+    condition = (
+      startswith(var.broker.rabbitmq.engine_version, "4.")
+      ? can(regex("^mq\\.m7g\\.(medium|large|xlarge|2xlarge|4xlarge|8xlarge|12xlarge|16xlarge)$", var.broker.rabbitmq.host_instance_type))
+      : can(regex("^mq\\.(t3\\.micro|m5\\.(large|xlarge|2xlarge|4xlarge)|m7g\\.(medium|large|xlarge|2xlarge|4xlarge|8xlarge|12xlarge|16xlarge))$", var.broker.rabbitmq.host_instance_type))
+    )
+    error_message = "broker.rabbitmq.host_instance_type must be one Amazon MQ offers for the engine version: RabbitMQ 4.x runs on mq.m7g.* only; 3.13 on mq.t3.micro, mq.m5.* or mq.m7g.*."
+  }
+
+  validation {
+    condition     = !(var.broker.rabbitmq.deployment_mode == "CLUSTER_MULTI_AZ" && var.broker.rabbitmq.host_instance_type == "mq.t3.micro")
+    error_message = "broker.rabbitmq.host_instance_type mq.t3.micro is for SINGLE_INSTANCE only: a CLUSTER_MULTI_AZ broker needs mq.m5.* or mq.m7g.*."
+  }
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.~-]{2,100}$", var.broker.rabbitmq.username)) && var.broker.rabbitmq.username != "guest"
+    error_message = "broker.rabbitmq.username must be 2-100 letters, digits or -_.~ and not \"guest\" (Amazon MQ's user name rules)."
   }
 }
 

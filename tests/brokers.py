@@ -161,6 +161,11 @@ class RabbitBroker:
     ctl_env: dict[str, str] = field(default_factory=dict, repr=False)
     """The environment in which a plain ``rabbitmqctl ...`` talks to this node (name, cookie, port mapper)."""
 
+    def rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``rabbitmqctl ARGS`` against this node (not checked: the caller reads the result)."""
+        ctl = _binary("rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl")
+        return subprocess.run([ctl, *args], env=self.ctl_env, capture_output=True, text=True, timeout=120)
+
     def management_get(self, path: str) -> object:
         """``GET management_url + path`` as this broker's user; the decoded JSON answer."""
         return self.management_request("GET", path)

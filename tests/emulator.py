@@ -39,6 +39,7 @@ SERVICES = (
     "kms",
     "lambda",
     "logs",
+    "mq",
     "s3",
     "scheduler",
     "secretsmanager",

@@ -23,6 +23,13 @@ mock_provider "aws" {
   mock_resource "aws_elasticache_replication_group" {
     defaults = { primary_endpoint_address = "master.celery.abc123.euw1.cache.amazonaws.com" }
   }
+  mock_resource "aws_mq_broker" {
+    defaults = {
+      id        = "b-1234abcd-56ef-78ab-90cd-1234567890ab"
+      user      = [{ username = "celery", password = "GeneratedToken0123456789abcdef", console_access = false, groups = [], replication_user = false }]
+      instances = [{ console_url = "https://b-1234abcd.mq.eu-west-1.amazonaws.com", endpoints = ["amqps://b-1234abcd.mq.eu-west-1.amazonaws.com:5671"], ip_address = "" }]
+    }
+  }
   mock_resource "aws_security_group" {
     defaults = { id = "sg-0123456789abcdef0" }
   }
@@ -591,4 +598,75 @@ run "config_too_large_for_the_lambda_environment" {
   }
 
   expect_failures = [aws_lambda_function.scaler]
+}
+
+run "rabbitmq_is_private_amqps_from_workers_management_from_the_scaler" {
+  command = apply
+
+  variables {
+    broker = { type = "rabbitmq" }
+  }
+
+  assert {
+    condition     = length(aws_elasticache_replication_group.broker) == 0 && length(aws_mq_broker.broker) == 1
+    error_message = "type = rabbitmq creates Amazon MQ, not Redis."
+  }
+
+  assert {
+    condition     = aws_mq_broker.broker[0].engine_type == "RabbitMQ" && !aws_mq_broker.broker[0].publicly_accessible && aws_mq_broker.broker[0].deployment_mode == "SINGLE_INSTANCE"
+    error_message = "A private single-instance RabbitMQ broker by default."
+  }
+
+  assert {
+    condition     = aws_mq_broker.broker[0].security_groups == toset([aws_security_group.broker[0].id]) && length(aws_mq_broker.broker[0].subnet_ids) == 1
+    error_message = "The broker sits in the module's own security group, in one subnet."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.broker["workers"].from_port == 5671 && aws_vpc_security_group_ingress_rule.broker["scaler"].from_port == 443
+    error_message = "AMQPS from the workers and beat, the management API from the scaler."
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 443
+    error_message = "The scaler reaches the management API on 443."
+  }
+
+  assert {
+    condition     = output.scaler_config.broker.management_url == "https://b-1234abcd.mq.eu-west-1.amazonaws.com" && output.scaler_config.broker.url_secret_arn == aws_secretsmanager_secret.broker[0].arn
+    error_message = "The scaler reads the console URL's management API, with the URL from the secret."
+  }
+
+  assert {
+    condition     = startswith(aws_secretsmanager_secret_version.broker[0].secret_string, "amqps://celery:") && endswith(aws_secretsmanager_secret_version.broker[0].secret_string, "@b-1234abcd.mq.eu-west-1.amazonaws.com:5671//")
+    error_message = "The secret holds the amqps:// URL of the broker's user."
+  }
+
+  assert {
+    condition     = output.redis_port == null && output.rabbitmq_broker_id == aws_mq_broker.broker[0].id
+    error_message = "Outputs name the RabbitMQ broker, not a Redis port."
+  }
+}
+
+run "existing_rabbitmq_through_the_url_secret" {
+  command = plan
+
+  variables {
+    broker = {
+      type           = "rabbitmq"
+      create         = false
+      url_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rabbit-AbCdEf"
+      management_url = "https://rabbit.internal:15671"
+    }
+  }
+
+  assert {
+    condition     = length(aws_mq_broker.broker) == 0 && length(aws_security_group.broker) == 0
+    error_message = "An existing broker creates no broker and no broker security group."
+  }
+
+  assert {
+    condition     = output.scaler_config.broker.management_url == "https://rabbit.internal:15671" && aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 15671
+    error_message = "The scaler reads the given management URL and may reach its port."
+  }
 }

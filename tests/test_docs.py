@@ -39,6 +39,11 @@ block's file:line. The tags (docs/development.md says the same for writers):
 ``redis-acl``
     One ``ACL SETUSER`` line, sent as written with ``redis-cli`` to the tests' Redis; the Redis probe
     connected as that user must then measure what the default user measures (removed after).
+``rabbitmqctl``
+    ``rabbitmqctl`` lines, run as written against the tests' private RabbitMQ node (its environment
+    names the node). The block must add a vhost and a user: the RabbitMQ probe connected as that user
+    must then measure what the node's administrator measures, and the user must be refused consuming
+    and publishing (vhost and user removed after).
 ``diff``
     A change: its new side (context lines and ``+`` lines, markers dropped) is checked as a block of
     the tag its options name (``diff hcl module-arguments``); the old side is not run.
@@ -48,6 +53,7 @@ block's file:line. The tags (docs/development.md says the same for writers):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -55,22 +61,28 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import urllib.error
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import pytest
 import redis
+from amqp.exceptions import AccessRefused
+from brokers import RabbitBroker
 from celery_apps import publish
 from conftest import ROOT, redis_url_for
+from kombu import Connection, Producer
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from waiting import wait_until
 
 from celery_autoscaler.cli import build_parser
 from celery_autoscaler.config import BrokerConfig, load_config
+from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.probe.redis import RedisProbe
 
 DB = 10  # this file's own db of the tests' Redis (faults and packaging use 11)
@@ -431,6 +443,43 @@ def run_redis_acl(block: Block) -> None:
         admin.close()
 
 
+def run_rabbitmqctl(block: Block, rabbitmq: RabbitBroker) -> None:
+    """The documented rabbitmqctl lines as written, then the probe as that user measures what the admin does."""
+    lines = [shlex.split(line) for line in block.text.splitlines() if line.strip() and not line.startswith("#")]
+    assert all(words[0] == "rabbitmqctl" for words in lines), f"{block.where}: only rabbitmqctl lines"
+    user, password = next((w[2], w[3]) for w in lines if w[1] == "add_user")
+    vhost = next(w[2] for w in lines if w[1] == "add_vhost")
+    path = quote(vhost, safe="")
+    try:
+        for words in lines:
+            ran = rabbitmq.rabbitmqctl(*words[1:])
+            assert ran.returncode == 0, f"{block.where}: {shlex.join(words)} failed: {ran.stdout}{ran.stderr}"
+        everything = {"configure": ".*", "write": ".*", "read": ".*"}
+        rabbitmq.management_request("PUT", f"/api/permissions/{path}/{rabbitmq.user}", everything)
+        host = urlparse(rabbitmq.amqp_url).netloc.rsplit("@", 1)[1]
+        admin_url = f"amqp://{rabbitmq.user}:{rabbitmq.password}@{host}/{path}"
+        user_url = f"amqp://{user}:{quote(password, safe='')}@{host}/{path}"
+        publish(admin_url, 3, queue="celery")
+        settings = BrokerConfig(management_url=rabbitmq.management_url)
+        admin = RabbitMQProbe.from_config(settings, admin_url)
+        expected = wait_until(lambda: (m := admin.measure(["celery"])).queues["celery"].waiting == 3 and m)
+        try:
+            measured = RabbitMQProbe.from_config(settings, user_url).measure(["celery"])
+        except Exception as exc:
+            pytest.fail(f"{block.where}: the probe connected as {user} failed: {exc}")
+        assert (measured.queues, measured.unacked_total) == (expected.queues, expected.unacked_total)
+        with Connection(user_url) as connection, pytest.raises(AccessRefused):
+            connection.channel().basic_get("celery")
+        confirmed = {"confirm_publish": True}  # the broker's refusal is then the publish's answer
+        with Connection(user_url, transport_options=confirmed) as connection, pytest.raises(AccessRefused):
+            Producer(connection.channel()).publish({"n": 1}, routing_key="celery")
+    finally:
+        with contextlib.suppress(urllib.error.HTTPError):
+            rabbitmq.management_request("DELETE", f"/api/vhosts/{path}")
+        with contextlib.suppress(urllib.error.HTTPError):
+            rabbitmq.management_request("DELETE", f"/api/users/{user}")
+
+
 # ------------------------------------------------------------------------------------------- tests
 
 
@@ -445,17 +494,19 @@ def docs_db() -> Iterator[redis.Redis]:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
-def test_block_works_as_written(block: Block, tmp_path: Path, docs_db: redis.Redis) -> None:
+def test_block_works_as_written(
+    block: Block, tmp_path: Path, docs_db: redis.Redis, request: pytest.FixtureRequest
+) -> None:
     if block.tag == "text":
         return
-    if block.tag in {"bash", "console", "dockerfile", "json", "redis-acl", "python"}:
+    if block.tag in {"bash", "console", "dockerfile", "json", "redis-acl", "rabbitmqctl", "python"}:
         assert not block.options, f"{block.where}: {block.tag} takes no options, got {block.options}"
     if block.tag == "diff":
         assert block.options, f"{block.where}: say which tag the new side is (```diff hcl ...)"
         new_side = [line[1:] for line in block.text.splitlines() if line[:1] in {" ", "+", ""}]
         new = Block(block.path, block.line, block.end, block.options[0], block.options[1:], "\n".join(new_side) + "\n")
         assert new.tag not in {"diff", "text"}, f"{block.where}: the new side of a diff must be runnable"
-        test_block_works_as_written(new, tmp_path, docs_db)
+        test_block_works_as_written(new, tmp_path, docs_db, request)
         return
     runners: dict[str, Callable[[], None]] = {
         "bash": lambda: run_bash(block),
@@ -465,6 +516,7 @@ def test_block_works_as_written(block: Block, tmp_path: Path, docs_db: redis.Red
         "json": lambda: run_json(block),
         "hcl": lambda: run_hcl(block, tmp_path),
         "redis-acl": lambda: run_redis_acl(block),
+        "rabbitmqctl": lambda: run_rabbitmqctl(block, request.getfixturevalue("rabbitmq")),
     }
     run = runners.get(block.tag)
     assert run, f"{block.where}: {'untagged block' if not block.tag else f'unknown tag {block.tag!r}'}: tag it " + (
@@ -560,8 +612,8 @@ def test_fences_are_read_as_github_reads_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("tag", "message"), [("", "untagged block"), ("yaml", "unknown tag 'yaml'")])
 def test_a_block_without_a_known_tag_fails_with_its_place(
-    tag: str, message: str, tmp_path: Path, docs_db: redis.Redis
+    tag: str, message: str, tmp_path: Path, docs_db: redis.Redis, request: pytest.FixtureRequest
 ) -> None:
     block = Block(ROOT / "README.md", 12, 14, tag, (), "key: value\n")
     with pytest.raises(AssertionError, match=f"^README.md:12: {message}"):
-        test_block_works_as_written(block, tmp_path, docs_db)
+        test_block_works_as_written(block, tmp_path, docs_db, request)

@@ -29,7 +29,8 @@ from emulator import REGION, EmulatorProcess, provider_override
 from celery_autoscaler.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("complete", "existing-redis", "minimal")  # the AWS examples; examples/local is applied by make demo
+# The AWS examples; examples/local is applied by make demo.
+EXAMPLES = ("complete", "existing-redis", "minimal", "rabbitmq")
 LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
 
@@ -125,6 +126,7 @@ def inventory(endpoint: str) -> dict[str, list[str]]:
         "cache_subnet_groups": [
             g["CacheSubnetGroupName"] for g in elasticache.describe_cache_subnet_groups()["CacheSubnetGroups"]
         ],
+        "mq_brokers": [b["BrokerId"] for b in aws(endpoint, "mq").list_brokers()["BrokerSummaries"]],
         "schedules": [s["Name"] for s in scheduler.list_schedules()["Schedules"]],
         "schedule_groups": [
             g["Name"] for g in scheduler.list_schedule_groups()["ScheduleGroups"] if g["Name"] != "default"

@@ -895,3 +895,106 @@ run "age_alarm_threshold" {
 
   expect_failures = [var.monitoring]
 }
+
+run "broker_type_known" {
+  command = plan
+
+  variables {
+    broker = { type = "kafka" }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_management_url_only_for_an_existing_rabbitmq" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", management_url = "https://b-1234.mq.eu-west-1.amazonaws.com" }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_management_url_without_credentials" {
+  command = plan
+
+  variables {
+    broker = {
+      type           = "rabbitmq"
+      create         = false
+      url_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rabbit-AbCdEf"
+      management_url = "https://admin:secret@rabbit.internal"
+    }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_active_standby_is_activemq_only" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { deployment_mode = "ACTIVE_STANDBY_MULTI_AZ", host_instance_type = "mq.m5.large" } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_public_broker_rejects_security_groups" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { publicly_accessible = true } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_engine_version" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { engine_version = "3.8.6" } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_4_runs_on_m7g_only" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { engine_version = "4.2", host_instance_type = "mq.m5.large" } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_cluster_needs_more_than_t3_micro" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { deployment_mode = "CLUSTER_MULTI_AZ" } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_username" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { username = "guest" } }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "rabbitmq_on_4_with_m7g_is_valid" {
+  command = plan
+
+  variables {
+    broker = { type = "rabbitmq", rabbitmq = { engine_version = "4.2", host_instance_type = "mq.m7g.large", deployment_mode = "CLUSTER_MULTI_AZ" } }
+  }
+}
