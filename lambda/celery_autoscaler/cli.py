@@ -137,6 +137,7 @@ def _read_config(path: str) -> ScalerConfig:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """One real tick against AWS (or ``AWS_ENDPOINT_URL*``), printing what each pool saw and decided."""
+    from celery_autoscaler.drain import drainer_for
     from celery_autoscaler.ecs import EcsActuator
     from celery_autoscaler.secrets import broker_url
     from celery_autoscaler.state import DynamoStateStore, InMemoryStateStore, ReadOnlyStateStore, StateStore
@@ -147,9 +148,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     store: StateStore = InMemoryStateStore() if config.state_table is None else DynamoStateStore(config.state_table)
     if dry_run:
         store = ReadOnlyStateStore(store)
-    probe = probe_for(config.broker, broker_url(config.broker))
+    url = broker_url(config.broker)
+    probe = probe_for(config.broker, url)
     try:
-        result = run_tick(config, probe, EcsActuator(config.cluster), store, time.time(), dry_run=dry_run)
+        actuator = EcsActuator(config.cluster)
+        drainer = drainer_for(config.broker, url)
+        result = run_tick(config, probe, actuator, store, time.time(), dry_run=dry_run, drainer=drainer)
     finally:
         probe.close()
     if args.json:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_autoscaler.config import ConfigError, ScalerConfig, load_config
+from celery_autoscaler.drain import Drainer, drainer_for
 from celery_autoscaler.ecs import Actuator, EcsActuator
 from celery_autoscaler.probe import Probe, probe_for
 from celery_autoscaler.secrets import broker_url
@@ -36,6 +37,7 @@ class Runtime:
     actuator: Actuator
     store: StateStore
     telemetry: Telemetry
+    drainer: Drainer | None = None
 
 
 @functools.cache
@@ -47,9 +49,11 @@ def runtime() -> Runtime:
     config = load_config(text)
     if config.state_table is None:
         raise ConfigError("state_table", "is required in Lambda: the state table makes overlapping ticks safe")
+    url = broker_url(config.broker)
     return Runtime(
         config=config,
-        probe=probe_for(config.broker, broker_url(config.broker)),
+        probe=probe_for(config.broker, url),
+        drainer=drainer_for(config.broker, url),
         actuator=EcsActuator(config.cluster),
         store=DynamoStateStore(config.state_table),
         telemetry=Telemetry(config.metrics_namespace),
@@ -115,7 +119,16 @@ def run_invocation(
         began = clock()
         try:
             ticks.append(
-                run_tick(config, rt.probe, rt.actuator, rt.store, began, dry_run=dry_run, telemetry=rt.telemetry)
+                run_tick(
+                    config,
+                    rt.probe,
+                    rt.actuator,
+                    rt.store,
+                    began,
+                    dry_run=dry_run,
+                    telemetry=rt.telemetry,
+                    drainer=rt.drainer,
+                )
             )
         except Exception as exc:  # a bug outside every pool: the next tick may still work
             ticks.append(f"tick failed: {type(exc).__name__}: {exc}")

@@ -80,6 +80,14 @@ def _broker_unreadable(outcome: PoolOutcome) -> bool:
     return load_missing or "broker" in outcome.faults or "queue" in outcome.faults
 
 
+def _desired_set(outcome: PoolOutcome) -> int | None:
+    """The count the tick set (or would set): fence and drain's when it is in use, else the decision's."""
+    m, decision, drain = outcome.measurements, outcome.decision, outcome.drain
+    if drain is not None and decision is not None:
+        return drain.desired
+    return decision.desired if decision else (m.current_desired if m else None)
+
+
 class Telemetry:
     """Writes the tick's log lines and EMF documents to ``stream`` (stdout unless a test injects one)."""
 
@@ -122,6 +130,7 @@ class Telemetry:
             "protected_tasks": outcome.protected_tasks,
             "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
             "paused": outcome.paused(),
+            "drain": outcome.drained(),
         }
         if outcome.traceback is not None:
             line["traceback"] = outcome.traceback
@@ -129,6 +138,7 @@ class Telemetry:
         self.logger.log(level, "pool tick", extra=line)
 
         pool_dims = {"Pool": outcome.pool}
+        drain = outcome.drained()
         self._emit(
             emf_document(
                 self.namespace,
@@ -137,13 +147,14 @@ class Telemetry:
                     "QueueDepth": (load.waiting if load else None, "Count"),
                     "InFlight": (load.in_flight if load else None, "Count"),
                     "OldestTaskAgeSeconds": (load.oldest_age_s if load else None, "Seconds"),
-                    "DesiredCount": (decision.desired if decision else (m.current_desired if m else None), "Count"),
+                    "DesiredCount": (_desired_set(outcome), "Count"),
                     "RunningCount": (m.running if m else None, "Count"),
                     "ScalingActions": (1 if outcome.acted else 0, "Count"),
                     "ScalerErrors": (1 if outcome.error else 0, "Count"),
                     "UnreadableQueues": (sum(q.error is not None for q in queues) if queues else None, "Count"),
                     "UndeclaredQueues": (sum(q.declared is False for q in queues) if queues else None, "Count"),
                     "Paused": (1 if outcome.pause is not None else 0, "Count"),
+                    "DrainedWorkers": (drain["drained"] if drain is not None else None, "Count"),
                     "BrokerUnreadable": (1 if _broker_unreadable(outcome) else 0, "Count"),
                     # One metric per fault kind, only on ticks that had it (BrokerErrors, StateErrors, ScalerBugs...).
                     **{fault.metric: (1, "Count") for fault in outcome.faults if fault.metric is not None},

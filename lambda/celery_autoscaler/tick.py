@@ -13,6 +13,9 @@ Safety rules kept here (the policy keeps the rest):
   full window);
 - state is saved BEFORE acting, conditionally: if another invocation saved first, this one does
   not act on that pool;
+- with a drainer (Redis) and a pool whose workers run the helper, a lower count goes through fence
+  and drain (:mod:`celery_autoscaler.drain`): the tick never sets fewer than the running workers
+  that have not drained; drain keys that cannot be read or written give today's scale-in, reported;
 - UpdateService only when the desired count differs, and never in dry-run;
 - a pool an operator paused (its state item holds the pause, see pause.py) keeps its count, or gets
   exactly the pause's count, instead of the policy's; an expired pause lapses here and is forgotten
@@ -31,6 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from celery_autoscaler.config import PoolConfig, ScalerConfig
+from celery_autoscaler.drain import Drainer, DrainError, DrainPlan, DrainStatus, plan
 from celery_autoscaler.ecs import Actuator, EcsError, ProtectionReader, ServiceStatus, require_active
 from celery_autoscaler.measurements import BrokerMeasurements, PoolMeasurements, QueueMeasurement, pool_load
 from celery_autoscaler.pause import Pause
@@ -110,6 +114,7 @@ class PoolOutcome:
     faults: tuple[Fault, ...] = ()
     traceback: str | None = None
     pause: Pause | None = None
+    drain: DrainPlan | None = None
 
     def with_problem(self, problem: Problem | None) -> PoolOutcome:
         """This outcome with ``problem`` added to its error, faults and traceback."""
@@ -148,7 +153,13 @@ class PoolOutcome:
             "faults": list(self.faults),
             "protected_tasks": self.protected_tasks,
             "paused": self.paused(),
+            "drain": self.drained(),
         }
+
+    def drained(self) -> dict[str, int] | None:
+        """Fence and drain this tick (the log line's ``drain``): workers asked, drained, and the count set."""
+        d = self.drain
+        return None if d is None or not d.drains else {"asked": d.asked, "drained": d.drained, "set": d.desired}
 
     def paused(self) -> dict[str, Any] | None:
         """The pause in force as JSON (the log line's and the CLI's ``paused``), ``None`` when not paused."""
@@ -182,6 +193,8 @@ class _Readings:
     broker_problem: Problem | None
     states: Mapping[str, StoredState]
     state_problem: Problem | None
+    drains: Mapping[str, DrainStatus] | None = None
+    drain_problem: Problem | None = None
 
 
 def _describe(actuator: Actuator, services: Sequence[str]) -> tuple[dict[str, ServiceStatus], Problem | None]:
@@ -209,6 +222,18 @@ def _measure(probe: Probe, queues: Sequence[str], now: float) -> tuple[BrokerMea
             Fault.CLOCK,
         )
     return broker, None
+
+
+def _drains(drainer: Drainer | None, pools: Sequence[str]) -> tuple[dict[str, DrainStatus] | None, Problem | None]:
+    """Every pool's drain; unreadable -> None: each pool scales in as without the handshake, reported."""
+    if drainer is None:
+        return None, None
+    try:
+        return drainer.status(pools), None
+    except DrainError as exc:
+        return None, Problem(f"{exc}: scaling in without fence and drain", Fault.BROKER)
+    except Exception as exc:  # a bug in the drainer: the same, with its traceback
+        return None, Problem.bug("reading the drain keys", exc)
 
 
 def _load(store: StateStore, pools: Sequence[str]) -> tuple[dict[str, StoredState], Problem | None]:
@@ -317,6 +342,7 @@ def _pool_tick(
     actuator: Actuator,
     now: float,
     dry_run: bool,
+    drainer: Drainer | None = None,
 ) -> PoolOutcome:
     broker = readings.broker
     stored = readings.states[pool.name]
@@ -356,18 +382,32 @@ def _pool_tick(
     except StateStoreError as exc:
         return outcome.with_problem(Problem(str(exc), Fault.STATE))
 
-    if decision.desired == status.desired:
+    desired, drain_status = decision.desired, None
+    if drainer is not None:
+        outcome = outcome.with_problem(readings.drain_problem)
+        drain_status = readings.drains.get(pool.name) if readings.drains is not None else None
+        drain = plan(decision.desired, status.desired, status.running, drain_status, now)
+        desired = drain.desired
+        outcome = replace(outcome, drain=drain)
+    if desired != status.desired:
+        if desired < status.desired and isinstance(actuator, ProtectionReader):
+            outcome = replace(outcome, protected_tasks=actuator.protected_tasks(pool.service))
+        if dry_run:
+            return outcome
+        try:
+            actuator.set_desired(pool.service, desired)
+        except EcsError as exc:
+            _save_failure(store, pool.name, saved)
+            return outcome.with_problem(Problem(str(exc), Fault.ECS))
+        outcome = replace(outcome, acted=True)
+    if drainer is None or outcome.drain is None or dry_run:
         return outcome
-    if decision.desired < status.desired and isinstance(actuator, ProtectionReader):
-        outcome = replace(outcome, protected_tasks=actuator.protected_tasks(pool.service))
-    if dry_run:
-        return outcome
-    try:
-        actuator.set_desired(pool.service, decision.desired)
-    except EcsError as exc:
-        _save_failure(store, pool.name, saved)
-        return outcome.with_problem(Problem(str(exc), Fault.ECS))
-    return replace(outcome, acted=True)
+    if outcome.drain.drains or (drain_status is not None and drain_status.active):
+        try:
+            drainer.apply(pool.name, outcome.drain, now)
+        except DrainError as exc:
+            return outcome.with_problem(Problem(str(exc), Fault.BROKER))
+    return outcome
 
 
 def run_tick(
@@ -379,16 +419,20 @@ def run_tick(
     *,
     dry_run: bool = False,
     telemetry: Telemetry | None = None,
+    drainer: Drainer | None = None,
 ) -> TickResult:
     """Measure, decide and act once for every pool; see the module docstring for the safety rules."""
     statuses, describe_problem = _describe(actuator, [pool.service for pool in config.pools])
     broker, broker_problem = _measure(probe, config.queues, now)
     states, state_problem = _load(store, [pool.name for pool in config.pools])
-    readings = _Readings(statuses, describe_problem, broker, broker_problem, states, state_problem)
+    drains, drain_problem = _drains(drainer, [pool.name for pool in config.pools])
+    readings = _Readings(
+        statuses, describe_problem, broker, broker_problem, states, state_problem, drains, drain_problem
+    )
     outcomes: list[PoolOutcome] = []
     for pool in config.pools:
         try:
-            outcome = _pool_tick(pool, config, readings, store, actuator, now, dry_run)
+            outcome = _pool_tick(pool, config, readings, store, actuator, now, dry_run, drainer)
         except Exception as exc:  # a bug while handling this pool: reported on it; the others still act
             outcome = PoolOutcome(pool.name, pool.service, None, None, acted=False).with_problem(
                 Problem.bug(f"pool {pool.name!r}", exc)

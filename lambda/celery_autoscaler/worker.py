@@ -7,6 +7,9 @@ user's web, beat and worker processes. It does three things:
   and the AMQP ``timestamp`` property for RabbitMQ), so the scaler can measure a queue's age;
 - in a worker on ECS, turns on ECS task scale-in protection while tasks run and releases it after a
   short idle debounce, so scale-in never picks a busy worker and deployments are never blocked for long;
+- in a worker whose pool is known (``CELERY_AUTOSCALER_POOL``, set by the module) on a Redis broker,
+  takes part in fence and drain (:mod:`celery_autoscaler.worker_drain`), so scale-in stops only
+  workers that have stopped consuming;
 - in every worker, counts per queue the tasks finished and their run time and adds them to the
   broker's counters (:mod:`celery_autoscaler.counters`) once a second, so the scaler can size by run time;
 - warns at worker start about settings that can lose or kill tasks when ECS stops the container.
@@ -32,6 +35,7 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 
 from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
+from celery_autoscaler.worker_drain import WorkerDrain
 
 logger = logging.getLogger("celery_autoscaler.worker")
 
@@ -44,6 +48,7 @@ ENV_PROTECTION_MINUTES = "CELERY_AUTOSCALER_PROTECTION_MINUTES"
 ENV_MAX_PROTECTED_MINUTES = "CELERY_AUTOSCALER_MAX_PROTECTED_MINUTES"
 ENV_STOP_TIMEOUT = "CELERY_AUTOSCALER_STOP_TIMEOUT"
 ENV_RELEASE_AFTER_IDLE = "CELERY_AUTOSCALER_RELEASE_AFTER_IDLE_S"
+ENV_POOL = "CELERY_AUTOSCALER_POOL"
 PROTECTION_PATH = "/task-protection/v1/state"
 MIN_PROTECTION_MINUTES = 1
 MAX_PROTECTION_MINUTES = 2880  # the ECS agent's own limit (48 h)
@@ -79,6 +84,8 @@ class WorkerSettings:
     stop_timeout_s: float | None = None
     poll_interval_s: float = 1.0
     retry_interval_s: float = 10.0
+    pool: str | None = None
+    drain: bool = True
 
     @property
     def protection_url(self) -> str | None:
@@ -116,6 +123,8 @@ class SettingsArguments(TypedDict, total=False):
     agent_timeout_s: float
     stop_timeout_s: float | None
     poll_interval_s: float
+    pool: str | None
+    drain: bool
 
 
 def install(app: Celery, *, apply_env_settings: bool = True, **arguments: Unpack[SettingsArguments]) -> WorkerSettings:
@@ -210,7 +219,10 @@ def resolve_settings(
         stop_timeout_s = _env_number(env, ENV_STOP_TIMEOUT)
     if stop_timeout_s is None and uri:
         stop_timeout_s = FARGATE_DEFAULT_STOP_TIMEOUT_S
+    pool = arguments.get("pool")
     return WorkerSettings(
+        pool=pool if pool is not None else env.get(ENV_POOL) or None,
+        drain=arguments.get("drain", defaults.drain),
         publish_time_header=publish_time_header,
         protection=protection,
         protection_minutes=minutes,
@@ -278,13 +290,22 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     for warning in settings_warnings(app, settings, os.environ):
         logger.warning("celery-autoscaler: %s", warning)
-    steps: list[Callable[[], None]] = [_task_counters(app).flush]
+    counters = _task_counters(app)
+    steps: list[Callable[[], None]] = [counters.flush]
     url = settings.protection_url
+    drain: WorkerDrain | None = None
+    if settings.pool and settings.drain:
+        drain = WorkerDrain(sender, settings.pool, counters.key_prefix, counters.client, settings.release_after_idle_s)
+        logger.info("celery-autoscaler: fence and drain on for pool %r", settings.pool)
     if url is None:
         reason = "disabled" if not settings.protection else f"no {ENV_AGENT_URI} (not on ECS)"
         logger.info("celery-autoscaler: scale-in protection off: %s", reason)
     else:
-        steps.insert(0, ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0).step)
+        hold = drain.holds_protection if drain is not None else (lambda: False)
+        monitor = ProtectionMonitor(settings, busy=lambda: len(worker_state.active_requests) > 0 or hold())
+        if drain is not None:
+            drain.protection = monitor
+        steps.insert(0, monitor.step)
         logger.info(
             "celery-autoscaler: scale-in protection on (%s, %s min renewed while busy up to %s min, "
             "released after %.0f s idle)",
@@ -293,6 +314,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             settings.max_protected_minutes,
             settings.release_after_idle_s,
         )
+    if drain is not None:
+        steps.insert(0, drain.step)  # before protection: a drain decides whether this worker holds it
     with _start_lock:
         if _poller is None:
             _poller = Poller(settings.poll_interval_s, steps)
@@ -332,13 +355,13 @@ class Poller:
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
+        while True:  # steps first: a worker that starts during a drain takes protection at once
             for step in self.steps:
                 try:
                     step()
                 except Exception:
                     logger.exception("celery-autoscaler: %s failed", getattr(step, "__qualname__", step))
+            time.sleep(self.interval_s)
 
 
 class TaskCounters:
@@ -354,7 +377,7 @@ class TaskCounters:
 
     def __init__(self, app: Celery) -> None:
         self._app = app
-        self._key_prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", "") or "")
+        self.key_prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", "") or "")
         self._queues = {(q.exchange.name, q.routing_key): q.name for q in app.amqp.queues.values()}
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[int, int]] = {}
@@ -403,12 +426,12 @@ class TaskCounters:
         if not pending or not self.enabled:
             return
         try:
-            client = self._client()
+            client = self.client()
             if client is None:
                 return
             pipe = client.pipeline(transaction=True)
             for queue, (count, run_ms) in pending.items():
-                key = stats_key(self._key_prefix, queue)
+                key = stats_key(self.key_prefix, queue)
                 pipe.hincrby(key, COMPLETED_FIELD, count)
                 pipe.hincrby(key, RUN_MS_FIELD, run_ms)
             results = pipe.execute(raise_on_error=False)
@@ -444,8 +467,8 @@ class TaskCounters:
         )
         self._failing = True
 
-    def _client(self) -> Any:
-        """The redis client of the counters' own connection, or None (counters off) for a non-Redis broker."""
+    def client(self) -> Any:
+        """The redis client of the helper's own connection (counters and drain), or None for a non-Redis broker."""
         if self._connection is None:
             timeouts = {"socket_timeout": COUNTER_SOCKET_TIMEOUT_S, "socket_connect_timeout": COUNTER_SOCKET_TIMEOUT_S}
             connection = self._app.connection_for_write(transport_options=timeouts)
@@ -524,6 +547,22 @@ class ProtectionMonitor:
                 self._put(enabled=False, now=now)
             if self.protected_until is None:
                 self._busy_since, self._lapsed = None, False
+
+    def release_now(self) -> bool:
+        """For a drained worker: release at once, not after the idle debounce; True when unprotected."""
+        if self.protected_until is not None:
+            self._put(enabled=False, now=self._clock())
+        if self.protected_until is None:
+            self._busy_since, self._lapsed = None, False
+        return self.protected_until is None
+
+    def protect_now(self) -> bool:
+        """For a worker that resumes after a drain: protect before it consumes again; True when protected."""
+        now = self._clock()
+        self._last_busy = now
+        if self.protected_until is None:
+            self._put(enabled=True, now=now, minutes=self.settings.protection_minutes)
+        return self.protected_until is not None
 
     def _put(self, *, enabled: bool, now: float, minutes: int = 0) -> None:
         body: dict[str, Any] = {"ProtectionEnabled": enabled}

@@ -1,0 +1,186 @@
+"""The scaler's side of fence and drain: turn a lowering into "drain k, then lower by the drained".
+
+The policy stays pure and says "k fewer". :func:`plan` (pure) decides what the tick sets instead:
+never fewer than the running workers that have not drained, because those are protected and ECS
+could otherwise only wait for one to become unprotected (the scale-in race). So ECS stops pending
+tasks and drained workers only, and slots stay open for the drains still wanted; the next tick
+lowers by those that drained. The drain ends once the decision no longer lowers and ECS has
+caught up (or ``MAX_CATCH_UP_S`` after the last lowering).
+
+A :class:`Drainer` reads and writes the pool's drain keys on the broker; the probe only reads.
+One factory picks it per broker scheme: Redis today; on any other broker there is none and
+scale-in is as before (protection only). A pool with no worker running the helper (none fresh in
+the workers set) also keeps today's scale-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from celery_autoscaler.config import BrokerConfig
+from celery_autoscaler.drain_keys import (
+    DRAIN_TTL_MS,
+    FRESH_MS,
+    LOWERED_AT_FIELD,
+    OPEN_FIELD,
+    STATUS_SCRIPT,
+    drain_key,
+    workers_key,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+MAX_CATCH_UP_S = 60.0
+"""A drain whose count was lowered ends this long after, even if ECS still reports more running."""
+
+
+class DrainError(Exception):
+    """The drain keys could not be read or written; the pool scales in as without the handshake."""
+
+
+@dataclass(frozen=True)
+class DrainStatus:
+    """One pool's drain as read at the start of a tick."""
+
+    workers: int
+    """Workers of the pool running the helper (polled within ``FRESH_MS``)."""
+    active: bool = False
+    open: int = 0
+    draining: int = 0
+    drained: int = 0
+    lowered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DrainPlan:
+    """What the tick does for a pool: set ``desired``; open ``open`` slots (None: end the drain, or none)."""
+
+    desired: int
+    open: int | None
+    asked: int = 0
+    """Workers asked to drain (slots open now plus those draining or drained)."""
+    drained: int = 0
+    lowering: bool = False
+
+    @property
+    def drains(self) -> bool:
+        """The handshake is in use this tick (a drain exists after it)."""
+        return self.open is not None
+
+
+def plan(wanted: int, current: int, running: int, status: DrainStatus | None, now: float) -> DrainPlan:
+    """The count to set and the slots to keep open, for the policy's ``wanted`` (pure)."""
+    if status is None or status.workers == 0:
+        return DrainPlan(desired=wanted, open=None)  # no helper, or not Redis: today's scale-in
+    if wanted >= current:
+        caught_up = running <= current or (status.lowered_at is not None and now - status.lowered_at >= MAX_CATCH_UP_S)
+        keep_open = status.active and not caught_up
+        return DrainPlan(desired=wanted, open=0 if keep_open else None, drained=status.drained)
+    keep = running - status.drained  # protected: ECS must not be asked to stop one of these
+    open_slots = max(0, keep - status.draining - wanted)
+    desired = min(current, max(wanted, keep))
+    return DrainPlan(
+        desired=desired,
+        open=open_slots,
+        asked=open_slots + status.draining + status.drained,
+        drained=status.drained,
+        lowering=desired < current,
+    )
+
+
+class Drainer(Protocol):
+    """Reads and writes the pools' drain keys on the broker."""
+
+    def status(self, pools: Sequence[str]) -> dict[str, DrainStatus]:
+        """Every pool's drain, in one round trip; :class:`DrainError` when it cannot be read."""
+        ...
+
+    def apply(self, pool: str, drain: DrainPlan, now: float) -> None:
+        """Open the plan's slots (refreshing the drain's TTL) or end the drain; :class:`DrainError` on failure."""
+        ...
+
+
+class RedisDrainer:
+    """The drain keys of a Redis broker, over a client of its own (the probe's settings and timeouts)."""
+
+    def __init__(self, settings: BrokerConfig, *, url: str | None = None, client: redis.Redis | None = None) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("give exactly one of a broker url and a redis client")
+        self._settings = settings
+        self._url = url
+        self._client = client
+        self._script: Any = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            import redis
+
+            assert self._url is not None
+            timeout = self._settings.socket_timeout_s
+            self._client = redis.Redis.from_url(self._url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return self._client
+
+    def status(self, pools: Sequence[str]) -> dict[str, DrainStatus]:
+        import redis
+
+        prefix = self._settings.key_prefix
+        try:
+            if self._script is None:
+                self._script = self.client.register_script(STATUS_SCRIPT)
+            pipe = self.client.pipeline(transaction=False)
+            for pool in pools:
+                self._script(keys=[drain_key(prefix, pool), workers_key(prefix, pool)], args=[FRESH_MS], client=pipe)
+            rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise DrainError(f"reading the drain keys failed: {type(exc).__name__}: {exc}") from exc
+        return {pool: _status(row) for pool, row in zip(pools, rows, strict=True)}
+
+    def apply(self, pool: str, drain: DrainPlan, now: float) -> None:
+        import redis
+
+        key = drain_key(self._settings.key_prefix, pool)
+        try:
+            if drain.open is None:
+                self.client.delete(key)
+                return
+            fields: dict[str | bytes, str | int] = {OPEN_FIELD: drain.open}
+            if drain.lowering:
+                fields[LOWERED_AT_FIELD] = repr(now)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, DRAIN_TTL_MS)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise DrainError(f"writing the drain of pool {pool!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _status(row: Sequence[Any]) -> DrainStatus:
+    workers, active, open_slots, draining, drained, lowered_at = row
+    text = lowered_at.decode() if isinstance(lowered_at, bytes) else str(lowered_at)
+    return DrainStatus(
+        workers=int(workers),
+        active=bool(active),
+        open=int(open_slots),
+        draining=int(draining),
+        drained=int(drained),
+        lowered_at=float(text) if text else None,
+    )
+
+
+def _redis_drainer(broker: BrokerConfig, url: str) -> Drainer:
+    return RedisDrainer(broker, url=url)
+
+
+DRAINERS: dict[str, Callable[[BrokerConfig, str], Drainer]] = {"redis": _redis_drainer, "rediss": _redis_drainer}
+"""URL scheme -> the drainer for that broker; a scheme not here has none (scale-in as before)."""
+
+
+def drainer_for(broker: BrokerConfig, url: str) -> Drainer | None:
+    """The drainer for ``url``'s scheme, or None where fence and drain is not built (yet)."""
+    make = DRAINERS.get(urlsplit(url).scheme.lower())
+    return make(broker, url) if make is not None else None
