@@ -1,15 +1,17 @@
-"""The Lambda handler in-process: real Redis (db 5), moto ECS/DynamoDB/Secrets Manager, real stdout."""
+"""The Lambda handler in-process: real Redis (db 5) or RabbitMQ, moto ECS/DynamoDB/Secrets Manager, real stdout."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
 import redis
+from brokers import RabbitBroker
 from celery_apps import publish
 from conftest import redis_url_for
 from moto import mock_aws
@@ -23,6 +25,7 @@ from moto_aws import (
     desired_count,
     error_response,
 )
+from waiting import wait_until
 
 from celery_autoscaler import handler
 from celery_autoscaler.aws import MAX_ATTEMPTS
@@ -154,10 +157,30 @@ def test_broker_url_is_read_once_from_secrets_manager(aws: Any, monkeypatch: pyt
     assert desired_count(aws) == 3
 
 
+def test_rabbitmq_through_the_url_secret_and_the_management_api(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, rabbitmq: RabbitBroker
+) -> None:
+    queue = f"handler-{uuid.uuid4().hex[:8]}"  # the session's node is shared: a queue of this test's own
+    publish(rabbitmq.amqp_url, 5, queue=queue)
+    path = f"/api/queues/%2F/{queue}"
+    try:
+        wait_until(lambda: cast(dict[str, Any], rabbitmq.management_get(path)).get("messages_ready") == 5)
+        secrets = boto3.client("secretsmanager", region_name=REGION)
+        arn = secrets.create_secret(Name="celery/rabbitmq", SecretString=rabbitmq.amqp_url)["ARN"]
+        pool = {"service": "worker-default", "queues": [queue], "concurrency": 2}
+        doc = config_doc(ticks_per_invocation=1, pools={"default": pool})
+        doc["broker"] = {"url_secret_arn": arn, "management_url": rabbitmq.management_url}
+        monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+        assert lambda_handler({}, Context())["pools"]["default"]["desired"] == 3
+        assert desired_count(aws) == 3
+    finally:
+        rabbitmq.management_request("DELETE", path)
+
+
 @pytest.mark.usefixtures("aws")
 def test_unusable_secret_names_the_field_without_leaking_it(monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = boto3.client("secretsmanager", region_name=REGION)
-    arn = secrets.create_secret(Name="celery/broker", SecretString="amqp://user:hunter2@rabbit//")["ARN"]
+    arn = secrets.create_secret(Name="celery/broker", SecretString="kafka://user:hunter2@rabbit//")["ARN"]
     doc = config_doc()
     doc["broker"] = {"url_secret_arn": arn}
     monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))

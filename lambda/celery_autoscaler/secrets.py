@@ -29,9 +29,9 @@ def _url_from_secret(text: str) -> str:
         if not isinstance(url, str):
             raise ConfigError(_FIELD, 'secret JSON has no string "url" key')
         text = url.strip()
-    if not text.startswith(("redis://", "rediss://")):
+    if not text.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
         # Never echo the value: it holds the broker password.
-        raise ConfigError(_FIELD, "secret value is not a redis:// or rediss:// URL")
+        raise ConfigError(_FIELD, "secret value is not a redis://, rediss://, amqp:// or amqps:// URL")
     return text
 
 
