@@ -71,6 +71,18 @@ locals {
   scaler_state_arn  = "arn:${local.partition}:dynamodb:${local.region}:${local.account_id}:table/${local.state_table_name}"
   scaler_vpc_access = "arn:${local.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 
+  # A 5-field cron expression as the scaler parses it (lambda/celery_autoscaler/schedules.py); the scaler
+  # also rejects ranges that run backwards. tests/test_config.py checks this pattern against the parser.
+  cron_values = {
+    minute = "[0-5]?[0-9]"
+    hour   = "[01]?[0-9]|2[0-3]"
+    day    = "0?[1-9]|[12][0-9]|3[01]"
+    month  = "0?[1-9]|1[0-2]|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+    week   = "[0-7]|sun|mon|tue|wed|thu|fri|sat"
+  }
+  cron_fields  = [for f in ["minute", "hour", "day", "month", "week"] : format("(\\*|(%[1]s)(-(%[1]s))?)(/[1-9][0-9]*)?(,(\\*|(%[1]s)(-(%[1]s))?)(/[1-9][0-9]*)?)*", local.cron_values[f])]
+  cron_pattern = "(?i)^\\s*${join("\\s+", local.cron_fields)}\\s*$"
+
   # The scaler's configuration document: the schema of lambda/celery_autoscaler/config.py, key for key.
   # It holds the broker secret's ARN, never the URL.
   scaler_config = {

@@ -163,6 +163,7 @@ variable "worker_pools" {
     - environment, secrets (name => Secrets Manager or SSM parameter ARN): added to the container; CELERY_BROKER_URL is always set from the broker secret.
     - oldest_task_age_alarm_s: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_s).
     - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count.
+      schedules (docs/schedules.md): declared windows, each at least min_workers from lead_s before every occurrence of cron (5 fields) in time_zone (IANA name, default UTC) until duration_s after it.
   EOT
   type = map(object({
     image                    = string
@@ -192,6 +193,14 @@ variable "worker_pools" {
       idle_window_s             = optional(number, 120)
       stale_after_s             = optional(number, 90)
       fallback_count            = optional(number)
+      schedules = optional(list(object({
+        name        = optional(string)
+        cron        = string
+        time_zone   = optional(string, "UTC")
+        min_workers = number
+        lead_s      = optional(number, 0)
+        duration_s  = number
+      })), [])
     }), {})
   }))
   nullable = false
@@ -344,6 +353,31 @@ variable "worker_pools" {
   validation {
     condition     = alltrue([for p in var.worker_pools : p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false)])
     error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.fallback_count (${p.scaling.fallback_count})" if !(p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false))])}, when set, must be a whole number within [min_workers, max_workers]."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : can(regex(local.cron_pattern, w.cron))]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].cron (\"${w.cron}\")" if !(can(regex(local.cron_pattern, w.cron)))]]))} must be a 5-field cron expression: minute (0-59) hour (0-23) day-of-month (1-31) month (1-12 or jan-dec) day-of-week (0-7 or sun-sat), each *, a value, a range a-b, a step */n or a-b/n, or a comma list."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : contains(local.time_zones, w.time_zone)]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].time_zone (\"${w.time_zone}\")" if !(contains(local.time_zones, w.time_zone))]]))} must be an IANA time zone name such as Europe/Berlin or America/New_York, or UTC."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.lead_s >= 0]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].lead_s (${w.lead_s})" if !(w.lead_s >= 0)]]))} must be >= 0: the seconds before each occurrence at which the minimum starts."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.duration_s > 0]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].duration_s (${w.duration_s})" if !(w.duration_s > 0)]]))} must be > 0: the window would end before it starts (it lasts duration_s after each occurrence)."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.min_workers >= 1 && floor(w.min_workers) == w.min_workers && w.min_workers <= p.scaling.max_workers]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].min_workers (${w.min_workers})" if !(w.min_workers >= 1 && floor(w.min_workers) == w.min_workers && w.min_workers <= p.scaling.max_workers)]]))} must be a whole number from 1 to the pool's max_workers."
   }
 
   validation {

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from celery_autoscaler.config import (
     load_config,
     parse_config,
 )
+from celery_autoscaler.schedules import Schedule
 
 pytestmark = pytest.mark.unit  # the fast tier: make test-unit
 
@@ -125,10 +127,22 @@ def _defaults(cls: type) -> dict[str, Any]:
 def test_terraform_scaling_settings_are_the_pool_schema_with_its_defaults() -> None:
     # worker_pools.NAME.scaling passes through to pools.NAME unchanged (main.tf merges it), so
     # its names and defaults must be PoolConfig's; concurrency is the pool's own, with the same default.
-    scaling = _object_block("    scaling = optional(object({", "}), {})")
+    scaling = _object_block("    scaling = optional(object({", "      schedules = optional(")
     pool_defaults = _defaults(PoolConfig)
-    assert set(scaling) == set(pool_defaults) - {"concurrency"}
+    assert set(scaling) | {"schedules"} == set(pool_defaults) - {"concurrency"}
     assert scaling == {name: pool_defaults[name] for name in scaling}
+    assert pool_defaults["schedules"] == ()
+    assert "      })), [])\n    }), {})" in VARIABLES
+    # A schedule's attributes are Schedule's, with its defaults (required ones have none).
+    schedule = _object_block("      schedules = optional(list(object({", "})), [])")
+    required = re.findall(
+        r"^\s+(\w+)\s+= (?:string|number)$", VARIABLES[VARIABLES.index("schedules = optional(") :], re.M
+    )[:3]
+    fields = {f.name: f.default for f in dataclasses.fields(Schedule)}
+    assert set(schedule) | set(required) == set(fields)
+    assert {k: v for k, v in schedule.items() if v is not None} == {
+        k: v for k, v in fields.items() if k in schedule and v is not dataclasses.MISSING
+    }
     pool = _object_block('variable "worker_pools"', "    scaling = optional(")
     assert pool["concurrency"] == pool_defaults["concurrency"]
 
@@ -150,3 +164,44 @@ def test_module_test_keys_are_the_config_schema() -> None:
     assert top == {f.name for f in dataclasses.fields(ScalerConfig)}
     assert broker == {f.name for f in dataclasses.fields(BrokerConfig)} - {"url"}
     assert pool == {f.name for f in dataclasses.fields(PoolConfig)} - {"name"}
+
+
+def test_time_zone_list_is_what_the_scaler_accepts() -> None:
+    # Every zone the module lets through at plan loads in the scaler's zoneinfo, and the common ones are there.
+    zones = set(re.findall(r'"([^"]+)"', (ROOT / "time_zones.tf").read_text().split("toset([")[1]))
+    assert {"UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"} <= zones
+    assert zones <= zoneinfo.available_timezones()
+    assert len(zones) > 500
+
+
+SCHEDULE = {"cron": "0 9 * * mon-fri", "time_zone": "Europe/Berlin", "min_workers": 3, "duration_s": 28800}
+
+
+def test_schedules_parse_with_defaults() -> None:
+    raw = with_change("pools.default.schedules", [SCHEDULE, {**SCHEDULE, "name": "rush", "lead_s": 90}])
+    first, second = parse_config(raw).pools[0].schedules
+    assert first == Schedule(
+        name="schedules[0]", cron="0 9 * * mon-fri", min_workers=3, duration_s=28800, time_zone="Europe/Berlin"
+    )
+    assert (second.name, second.lead_s) == ("rush", 90)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"cron": "0 25 * * *"}, "cron", "hour: '25' is outside 0-23"),
+        ({"cron": "0 9 * *"}, "cron", "needs 5 fields"),
+        ({"time_zone": "Europe/Berlinn"}, "time_zone", "unknown time zone 'Europe/Berlinn'"),
+        ({"lead_s": -1}, "lead_s", "must be >= 0"),
+        ({"duration_s": 0}, "duration_s", "would end before it starts"),
+        ({"min_workers": 0}, "min_workers", "must be >= 1"),
+        ({"min_workers": 21}, "min_workers", "must be <= max_workers"),
+        ({"cron": None}, "cron", "is required"),
+        ({"every": 5}, "every", "unknown field"),
+    ],
+)
+def test_bad_schedule_names_the_field(change: dict[str, Any], field: str, message: str) -> None:
+    body = {k: v for k, v in {**SCHEDULE, **change}.items() if v is not None}
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        parse_config(with_change("pools.default.schedules", [SCHEDULE, body]))
+    assert caught.value.field == f"pools.default.schedules[1].{field}"

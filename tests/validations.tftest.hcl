@@ -504,6 +504,72 @@ run "pool_fallback_outside_bounds" {
   expect_failures = [var.worker_pools]
 }
 
+run "schedule_bad_cron" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 25 * * *", min_workers = 2, duration_s = 600 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "schedule_unknown_time_zone" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 9 * * mon-fri", time_zone = "Europe/Berlinn", min_workers = 2, duration_s = 600 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "schedule_negative_lead" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 * * * *", lead_s = -60, min_workers = 2, duration_s = 600 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "schedule_window_ends_before_it_starts" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 9 * * *", min_workers = 2, duration_s = 0 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "schedule_min_above_max_workers" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 9 * * *", min_workers = 11, duration_s = 600 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "schedules_valid_in_named_zones" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [
+      { name = "business-hours", cron = "0 9 * * MON-FRI", time_zone = "Europe/Berlin", min_workers = 4, duration_s = 28800 },
+      { cron = "*/30 1-5,22 1,15 jan-mar,10 0,7", time_zone = "America/New_York", min_workers = 1, lead_s = 90, duration_s = 120 },
+    ] } } }
+  }
+
+  assert {
+    condition     = length(local.scaler_config.pools["default"].schedules) == 2 && local.scaler_config.pools["default"].schedules[0].time_zone == "Europe/Berlin"
+    error_message = "Schedules pass through to the scaler's config."
+  }
+}
+
 run "pool_age_alarm_not_positive" {
   command = plan
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from celery_autoscaler.schedules import CronError, Schedule, parse_cron, time_zone
+
 DEFAULT_PRIORITY_SEP = "\x06\x16"
 DEFAULT_PUBLISH_TIME_HEADER = "x_published_at"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
@@ -66,6 +68,7 @@ class PoolConfig:
     idle_window_s: float = 120.0
     stale_after_s: float = 90.0
     fallback_count: int | None = None
+    schedules: tuple[Schedule, ...] = ()
 
     @property
     def tasks_per_worker(self) -> float:
@@ -122,6 +125,15 @@ _POOL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "idle_window_s": (int, float),
     "stale_after_s": (int, float),
     "fallback_count": int,
+    "schedules": list,
+}
+_SCHEDULE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "cron": str,
+    "time_zone": str,
+    "min_workers": int,
+    "lead_s": (int, float),
+    "duration_s": (int, float),
 }
 _TOP_FIELDS: dict[str, type | tuple[type, ...]] = {
     "broker": dict,
@@ -190,6 +202,7 @@ def _pool(name: str, raw: Any) -> PoolConfig:
     _require("service" in values, f"{path}.service", "is required")
     _require("queues" in values, f"{path}.queues", "is required")
     queues = values.pop("queues")
+    schedules = tuple(_schedule(f"{path}.schedules[{i}]", item) for i, item in enumerate(values.pop("schedules", [])))
     _require(len(queues) > 0, f"{path}.queues", "must name at least one queue")
     for i, queue in enumerate(queues):
         _require(
@@ -198,7 +211,7 @@ def _pool(name: str, raw: Any) -> PoolConfig:
             f"must be a non-empty queue name of letters, digits and _.:@- (got {queue!r})",
         )
     _require(len(set(queues)) == len(queues), f"{path}.queues", "must not repeat a queue")
-    pool = PoolConfig(name=name, queues=tuple(queues), **values)
+    pool = PoolConfig(name=name, queues=tuple(queues), schedules=schedules, **values)
     _require(pool.service != "", f"{path}.service", "must not be empty")
     _require(pool.concurrency >= 1, f"{path}.concurrency", "must be >= 1")
     _require(pool.min_workers >= 0, f"{path}.min_workers", "must be >= 0")
@@ -225,7 +238,39 @@ def _pool(name: str, raw: Any) -> PoolConfig:
             f"{path}.fallback_count",
             "must be within [min_workers, max_workers]",
         )
+    for i, schedule in enumerate(pool.schedules):
+        _require(
+            schedule.min_workers <= pool.max_workers,
+            f"{path}.schedules[{i}].min_workers",
+            f"must be <= max_workers ({schedule.min_workers} > {pool.max_workers})",
+        )
     return pool
+
+
+def _schedule(path: str, raw: Any) -> Schedule:
+    """One declared window: a cron expression in a time zone, with a minimum, a lead and a duration."""
+    _require(isinstance(raw, dict), path, "must be an object")
+    values = _typed(raw, _SCHEDULE_FIELDS, path)
+    for key in ("cron", "min_workers", "duration_s"):
+        _require(key in values, f"{path}.{key}", "is required")
+    values.setdefault("name", path.rpartition(".")[2])
+    schedule = Schedule(**values)
+    try:
+        parse_cron(schedule.cron)
+    except CronError as exc:
+        raise ConfigError(f"{path}.cron", f"{schedule.cron!r} is not a 5-field cron expression: {exc}") from exc
+    try:
+        time_zone(schedule.time_zone)
+    except CronError as exc:
+        raise ConfigError(f"{path}.time_zone", f"{exc} (an IANA name such as Europe/Berlin, or UTC)") from exc
+    _require(schedule.min_workers >= 1, f"{path}.min_workers", "must be >= 1")
+    _require(schedule.lead_s >= 0, f"{path}.lead_s", "must be >= 0 (seconds before each occurrence)")
+    _require(
+        schedule.duration_s > 0,
+        f"{path}.duration_s",
+        "must be > 0: the window would end before it starts (it lasts duration_s after each occurrence)",
+    )
+    return schedule
 
 
 def parse_config(raw: Any) -> ScalerConfig:

@@ -16,6 +16,8 @@ The rule, per pool:
   hold     : broker unreadable, one of the pool's queues unreadable, or the reading older than
              stale_after_s -> keep current (or fallback_count if higher)
   clamp    : always within [min_workers, max_workers]
+  floor    : then at least the minimum of every declared schedule whose window is open (schedules.py);
+             a floor only raises, and is not kept as a recommendation, so it ends with its window
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 from celery_autoscaler.config import PoolConfig
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.pause import Pause
+from celery_autoscaler.schedules import schedule_floor
 
 
 @dataclass(frozen=True)
@@ -70,26 +73,39 @@ def _describe(load: PoolLoad, in_flight: int, pool: PoolConfig) -> str:
     return text
 
 
-def _hold(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, why: str) -> Decision:
+def _hold(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, why: str, now: float) -> Decision:
     """Missing or stale data: never lower the count; raise it to the fallback if one is configured."""
     current = measurements.current_desired
     desired = current if pool.fallback_count is None else max(current, pool.fallback_count)
-    desired = _clamp(desired, pool)
+    desired, reason = _floor(_clamp(desired, pool), f"hold: {why} -> {desired}", pool, now)
     new_state = replace(state, consecutive_failures=state.consecutive_failures + 1)
-    return Decision(desired, f"hold: {why} -> {desired}", new_state)
+    return Decision(desired, reason, new_state)
+
+
+def _floor(desired: int, reason: str, pool: PoolConfig, now: float) -> tuple[int, str]:
+    """The floor step, after sizing: a declared schedule's minimum while its window is open.
+
+    It only ever raises the count the rule above asks for (never past max_workers), and it is not
+    remembered as a recommendation, so the count falls back to the rule's as soon as the window closes.
+    """
+    minimum, name = schedule_floor(pool.schedules, now)
+    minimum = min(minimum, pool.max_workers)
+    if minimum <= desired:
+        return desired, reason
+    return minimum, f"{reason}; schedule {name!r} minimum -> {minimum}"
 
 
 def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, now: float) -> Decision:
     """Return the pool's desired worker count (see the module docstring for the rule)."""
     load = measurements.load
     if load is None:
-        return _hold(measurements, pool, state, "broker unreadable")
+        return _hold(measurements, pool, state, "broker unreadable", now)
     if load.unreadable:
         queue, error = next(iter(load.unreadable.items()))
         more = f" (and {len(load.unreadable) - 1} more)" if len(load.unreadable) > 1 else ""
-        return _hold(measurements, pool, state, f"queue {queue!r} unreadable: {error}{more}")
+        return _hold(measurements, pool, state, f"queue {queue!r} unreadable: {error}{more}", now)
     if now - load.measured_at > pool.stale_after_s:
-        return _hold(measurements, pool, state, f"reading {now - load.measured_at:.0f} s old")
+        return _hold(measurements, pool, state, f"reading {now - load.measured_at:.0f} s old", now)
 
     current = measurements.current_desired
     in_flight = load.in_flight if load.in_flight is not None else load.unacked_total
@@ -137,7 +153,7 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         desired = current
         reason = f"steady: {load_text} -> {desired}"
 
-    desired = _clamp(desired, pool)
+    desired, reason = _floor(_clamp(desired, pool), reason, pool, now)
     new_state = replace(
         state,
         recommendations=tuple(window),
