@@ -16,9 +16,16 @@ from celery_autoscaler.config import PoolConfig
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.policy import PoolState, decide
 
+SIM_EPOCH_S = 1_704_067_200.0
+"""The wall-clock time of simulated second 0 for our policy: Monday 2024-01-01 00:00 UTC, so schedules and
+learned periods see real dates (and ``weekday`` starts on a Monday)."""
+
 
 class ScalerPolicy:
-    """This product: the real :func:`celery_autoscaler.policy.decide`, state threaded as in production."""
+    """This product: the real :func:`celery_autoscaler.policy.decide`, state threaded as in production.
+
+    Its clock (``now`` and the reading's time) is the simulated one plus :data:`SIM_EPOCH_S`.
+    """
 
     name = "celery-autoscaler"
     interval_s: float | None = None
@@ -33,7 +40,10 @@ class ScalerPolicy:
         return PoolState()
 
     def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, PoolState]:
-        decision = decide(measurements, self.pool, state, now)
+        if measurements.load is not None:
+            load = replace(measurements.load, measured_at=measurements.load.measured_at + SIM_EPOCH_S)
+            measurements = replace(measurements, load=load)
+        decision = decide(measurements, self.pool, state, now + SIM_EPOCH_S)
         return decision.desired, decision.new_state
 
 

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compare", default="", help="comma-separated: aws-target-tracking,aws-step-scaling,keda,static,oracle,all"
     )
     parser.add_argument("--seed", type=int, default=1, help="same seed, same output (default 1)")
-    parser.add_argument("--hours", type=float, help="simulate only the first H hours (built-ins default to 24)")
+    parser.add_argument(
+        "--hours", type=float, help="simulate only the first H hours (built-ins default to 24, weekday to 168)"
+    )
     parser.add_argument("--service-s", type=float, default=2.0, help="mean run time for per-minute CSV traces")
     parser.add_argument(
         "--slo-s", type=float, default=world.slo_s, help="wait counted as an SLO violation (default %(default)g)"
@@ -60,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_trace(spec: str, hours: float | None, seed: int, service_s: float = 2.0) -> Trace:
     """A built-in trace by name or a CSV file, cut to ``hours`` if given."""
     if spec in BUILTIN:
-        return builtin(spec, hours=hours if hours is not None else 24.0, seed=seed)
+        return builtin(spec, hours=hours, seed=seed)
     if not Path(spec).is_file():
         raise ValueError(f"--trace {spec!r} is neither a built-in trace ({', '.join(BUILTIN)}) nor a CSV file")
     trace = read_csv(spec, ServiceModel(mean_s=service_s), seed=seed)

@@ -147,20 +147,75 @@ def batch(
     return _from_times("batch", times, service, rng, horizon_s)
 
 
+def cron(
+    horizon_s: float,
+    service: ServiceModel,
+    seed: int,
+    background: float = 0.1,
+    burst: tuple[int, int] = (500, 3000),
+    burst_s: float = 5.0,
+    minute: int = 17,
+    jitter_s: float = 3.0,
+) -> Trace:
+    """``spiky`` with the burst at a fixed minute every hour (a cron job), starting within ``jitter_s`` of it."""
+    rng = random.Random(f"{seed}:cron")
+    times = poisson(background, horizon_s, rng)
+    hour = 0.0
+    while hour < horizon_s:
+        at = hour + minute * 60.0 + rng.uniform(-jitter_s, jitter_s)
+        times.extend(t for t in (at + rng.uniform(0.0, burst_s) for _ in range(rng.randint(*burst))) if t < horizon_s)
+        hour += 3600.0
+    return _from_times("cron", times, service, rng, horizon_s)
+
+
+def weekday(
+    horizon_s: float,
+    service: ServiceModel,
+    seed: int,
+    night: float = 0.05,
+    office: float = 4.0,
+    lunch: float = 2.0,
+    jitter_s: float = 60.0,
+) -> Trace:
+    """Business hours from simulated Monday 00:00: ``office`` tasks/s from about 09:00 (within ``jitter_s``)
+    to 17:00 Monday to Friday, ``lunch`` from 12:00 to 13:00, ``night`` at other times and at weekends."""
+    rng = random.Random(f"{seed}:weekday")
+    times = poisson(night, horizon_s, rng)
+    for number in range(math.ceil(horizon_s / DAY_S)):
+        day = number * DAY_S
+        if number % 7 >= 5:
+            continue
+        opens = day + 9 * 3600.0 + rng.uniform(-jitter_s, jitter_s)
+        hours = ((opens, 12, office), (day + 12 * 3600.0, 13, lunch), (day + 13 * 3600.0, 17, office))
+        for start, end_hour, rate in hours:
+            times.extend(poisson(rate - night, min(day + end_hour * 3600.0, horizon_s), rng, start_s=start))
+    return _from_times("weekday", times, service, rng, horizon_s)
+
+
 _Shape = Callable[[float, ServiceModel, int], Trace]
-_SHAPES: dict[str, _Shape] = {"steady": steady, "diurnal": diurnal, "spiky": spiky, "batch": batch}
+_SHAPES: dict[str, _Shape] = {
+    "steady": steady,
+    "diurnal": diurnal,
+    "spiky": spiky,
+    "batch": batch,
+    "cron": cron,
+    "weekday": weekday,
+}
+DEFAULT_HOURS: dict[str, float] = {"weekday": 7 * 24.0}
+"""A built-in's length when none is asked for: a day, a week for ``weekday``."""
 LONG_MIX = ServiceModel(long_fraction=0.1)
 BUILTIN = tuple([*_SHAPES, *(f"{name}-long" for name in _SHAPES)])
 """Built-in trace names; ``-long`` adds 10 % tasks of 180 s to the lognormal 2 s mean service."""
 
 
-def builtin(name: str, hours: float = 24.0, seed: int = 1) -> Trace:
-    """A built-in trace by name (see :data:`BUILTIN`)."""
+def builtin(name: str, hours: float | None = None, seed: int = 1) -> Trace:
+    """A built-in trace by name (see :data:`BUILTIN`), ``hours`` long (default :data:`DEFAULT_HOURS`, else 24)."""
     if name not in BUILTIN:
         raise ValueError(f"unknown trace {name!r} (built in: {', '.join(BUILTIN)})")
     shape, _, long = name.partition("-")
     service = LONG_MIX if long else ServiceModel()
-    trace = _SHAPES[shape](hours * 3600.0, service, seed)
+    length = hours if hours is not None else DEFAULT_HOURS.get(shape, 24.0)
+    trace = _SHAPES[shape](length * 3600.0, service, seed)
     return Trace(name, trace.enqueue_s, trace.queue, trace.service_s, trace.queues, trace.horizon_s)
 
 
