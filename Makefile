@@ -63,10 +63,12 @@ test: venv services lint ## Everything CI runs: lint, types, pytest (private Red
 test-unit: venv ## The fast tier (pytest -m unit): policy, config, simulator, estimators; no Redis, no terraform
 	$(VENV)/bin/pytest -q -ra -m unit $(PYTEST_ARGS)
 
+BROKER ?= redis
+
 .PHONY: demo
-demo: venv ## The scaler against local Redis and moto (QUICK=1 for the short run)
-	@scripts/install-brokers.sh redis-server
-	PYTHONPATH=examples/local $(PY) -m demo.main $(if $(QUICK),--quick,)
+demo: venv ## The scaler against local Redis (BROKER=rabbitmq: RabbitMQ) and moto (QUICK=1 for the short run)
+	@scripts/install-brokers.sh redis-server $(if $(filter rabbitmq,$(BROKER)),rabbitmq-server,)
+	PYTHONPATH=examples/local $(PY) -m demo.main --broker $(BROKER) $(if $(QUICK),--quick,)
 
 .PHONY: bench
 bench: venv services ## Simulated benchmark of every policy on every built-in trace -> bench-out/ (+ probe timings)

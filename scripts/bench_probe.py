@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark the Redis probe: time of one tick for 10, 100 and 1000 queues (median of N runs).
+"""Benchmark the probes: time of one tick for 10, 100 and 1000 queues (median of N runs), Redis and RabbitMQ.
 
-Writes Celery-shaped messages under a fresh key prefix (so it never touches a real queue, even on
-db 0), measures, prints a table and deletes its keys. A number, not a test: CI never asserts on it.
+Redis: writes Celery-shaped messages under a fresh key prefix (so it never touches a real queue, even
+on db 0), measures, prints a table and deletes its keys. RabbitMQ: declares the queues in a vhost of
+its own, holds one message of each unacknowledged and, for the second column, publishes stamped
+waiting messages; the vhost is deleted after. A number, not a test: CI never asserts on it.
 
-    python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21]
+    python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21] [--broker redis|rabbitmq|both]
 
-Without ``--redis-url`` it starts a redis-server of its own on a free loopback port (tests/brokers.py).
+It starts a redis-server without ``--redis-url``, and always a RabbitMQ node of its own with the
+management plugin, on free loopback ports (tests/brokers.py), and stops them after.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import statistics
 import sys
 import time
@@ -25,7 +29,10 @@ from typing import Any
 import redis
 
 from celery_autoscaler.config import DEFAULT_PRIORITY_SEP, BrokerConfig
+from celery_autoscaler.probe.rabbitmq import COUNT_QUERY, RabbitMQProbe
 from celery_autoscaler.probe.redis import RedisProbe
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 QUEUE_COUNTS = (10, 100, 1000)
 PRIORITY_KEYS = ("", f"{DEFAULT_PRIORITY_SEP}3", f"{DEFAULT_PRIORITY_SEP}9")
@@ -121,31 +128,108 @@ def _batches(keys: Any, size: int) -> Any:
         yield batch
 
 
+def bench_rabbitmq(broker: Any, queue_count: int, per_queue: int, runs: int) -> tuple[float, float, int]:
+    """(ms of a tick with nothing waiting: one request, ms with every queue waiting: two, listing bytes)."""
+    from kombu import Connection, Exchange, Producer, Queue
+
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    broker.management_request("PUT", f"/api/vhosts/{vhost}", {})
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    broker.management_request("PUT", f"/api/permissions/{vhost}/{broker.user}", everything)
+    url = broker.amqp_url.rsplit("/", 2)[0] + f"/{vhost}"
+    queues = [f"q{i:04d}" for i in range(queue_count)]
+    probe = RabbitMQProbe.from_config(BrokerConfig(management_url=broker.management_url), url)
+    try:
+        with Connection(url) as connection:
+            channel = connection.channel()
+            producer = Producer(channel)
+            for queue in queues:  # one message each, held unacknowledged by this channel
+                Queue(queue, Exchange(queue), queue, channel=channel).declare()
+                producer.publish({"n": 0}, exchange=queue, routing_key=queue, timestamp=int(time.time()))
+            _wait(lambda: _listed(broker, vhost, "messages_ready") == queue_count)
+            for queue in queues:
+                channel.basic_get(queue, no_ack=False)
+            _wait(lambda: probe.measure(queues).unacked_total == queue_count)
+            held_ms = median_ms(runs, lambda: probe.measure(queues))
+            for queue in queues:
+                for _ in range(per_queue):
+                    producer.publish({"n": 1}, exchange=queue, routing_key=queue, timestamp=int(time.time()))
+            _wait(lambda: _listed(broker, vhost, "messages_ready") == queue_count * per_queue)
+            waiting_ms = median_ms(runs, lambda: probe.measure(queues))
+            size = len(
+                json.dumps(broker.management_get(f"/api/queues/{vhost}?disable_stats=true&enable_queue_totals=true"))
+            )
+        return held_ms, waiting_ms, size
+    finally:
+        probe.close()
+        broker.management_request("DELETE", f"/api/vhosts/{vhost}")
+
+
+def _listed(broker: Any, vhost: str, column: str) -> int:
+    rows = broker.management_get(f"/api/queues/{vhost}?{COUNT_QUERY}")
+    return sum(int(row.get(column) or 0) for row in rows)
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("the broker did not reach the expected counts in time")
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="a Redis to use (default: a private redis-server, stopped after)")
     parser.add_argument("--runs", type=int, default=21, help="ticks per size; the median is printed")
     parser.add_argument("--messages", type=int, default=3, help="waiting messages per queue")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
     args = parser.parse_args()
+    # The benchmark's queues are never declared by a Celery app: the probes' warnings say so for each.
+    logging.getLogger("celery_autoscaler").setLevel(logging.ERROR)
+    sys.path.insert(0, str(TESTS))
+    from brokers import RabbitNode, RedisServer  # the tests' launchers
+
+    redis_ms: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
-        if args.redis_url is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from brokers import RedisServer  # the tests' launcher
+        if args.broker != "rabbitmq":
+            if args.redis_url is None:
+                args.redis_url = stack.enter_context(RedisServer()).url(2)
+            redis_ms = report(args)
+        if args.broker != "redis":
+            node = RabbitNode()
+            broker = node.start()
+            stack.callback(node.stop)
+            report_rabbitmq(args, broker, redis_ms)
 
-            args.redis_url = stack.enter_context(RedisServer()).url(2)
-        report(args)
 
-
-def report(args: argparse.Namespace) -> None:
-    """Fill, measure and clean up each size in turn on ``args.redis_url``."""
+def report(args: argparse.Namespace) -> dict[int, float]:
+    """Fill, measure and clean up each size in turn on ``args.redis_url``; the tick ms by size."""
     print(f"Redis probe, {args.messages} waiting + 1 in-flight message per queue, median of {args.runs} ticks")
     print(f"{'queues':>7} {'keys':>6} {'tick ms':>9} {'trips':>6} {'scan tick ms':>13} {'trips':>6}")
+    ticks = {}
     for count in QUEUE_COUNTS:
         tick_ms, scan_ms, tick_trips, scan_trips = bench(args.redis_url, count, args.messages, args.runs)
+        ticks[count] = tick_ms
         keys = count * 10
         print(f"{count:>7} {keys:>6} {tick_ms:>9.2f} {tick_trips:>6} {scan_ms:>13.2f} {scan_trips:>6}")
     print("tick: LLEN + LINDEX -1 of every queue key and q{sep}1..9, HLEN unacked, in one pipeline.")
     print("scan tick: the same plus HSCAN of the unacked hash (every unacked_scan_interval_s).")
+    return ticks
+
+
+def report_rabbitmq(args: argparse.Namespace, broker: Any, redis_ms: dict[int, float]) -> None:
+    """Each size in a vhost of its own on the private node, next to the Redis tick when it ran."""
+    print()
+    print(f"RabbitMQ probe (management API, one keep-alive connection), median of {args.runs} ticks")
+    waiting = f"+{args.messages} waiting ms"
+    print(f"{'queues':>7} {'1 unacked ms':>13} {waiting:>16} {'listing KB':>11} {'Redis tick ms':>14}")
+    for count in QUEUE_COUNTS:
+        held_ms, waiting_ms, size = bench_rabbitmq(broker, count, args.messages, args.runs)
+        redis = f"{redis_ms[count]:.2f}" if count in redis_ms else "-"
+        print(f"{count:>7} {held_ms:>13.2f} {waiting_ms:>16.2f} {size / 1024:>11.1f} {redis:>14}")
+    print("1 unacked: nothing waits, so a tick is ONE request (the live queue listing of the vhost).")
+    print("+waiting: classic queues wait, so the tick adds the stats-mode listing for head ages (two requests).")
 
 
 if __name__ == "__main__":

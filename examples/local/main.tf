@@ -1,4 +1,4 @@
-# The module on one machine: an AWS emulator (moto) stands in for AWS and local Redis is the broker,
+# The module on one machine: an AWS emulator (moto) stands in for AWS and local Redis (or RabbitMQ) is the broker,
 # given to the module as an existing broker through a Secrets Manager secret, exactly as an
 # existing ElastiCache would be. `make demo` applies this, runs real workers for the services it
 # creates and runs the scaler's own code against them, then destroys it.
@@ -72,7 +72,7 @@ resource "aws_secretsmanager_secret" "broker" {
 
 resource "aws_secretsmanager_secret_version" "broker" {
   secret_id     = aws_secretsmanager_secret.broker.id
-  secret_string = var.redis_url
+  secret_string = var.broker_url
 }
 
 module "celery" {
@@ -84,8 +84,10 @@ module "celery" {
   celery_app = "demoapp"
 
   broker = {
+    type           = var.broker_type
     create         = false
     url_secret_arn = aws_secretsmanager_secret_version.broker.arn
+    management_url = var.management_url
     # Attribute in-flight tasks to queues on every tick: the demo's unacked hash is small, and its
     # short windows need in-flight counts that are seconds old, not a minute.
     unacked_scan_interval_s = 0

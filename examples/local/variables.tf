@@ -4,10 +4,23 @@ variable "aws_endpoint" {
   default     = "http://127.0.0.1:5000"
 }
 
-variable "redis_url" {
-  description = "The broker URL stored in the broker secret: local Redis, in a db of the demo's own."
+variable "broker_type" {
+  description = "The broker's type: \"redis\" or \"rabbitmq\"."
+  type        = string
+  default     = "redis"
+  nullable    = false
+}
+
+variable "broker_url" {
+  description = "The broker URL stored in the broker secret: local Redis in a db of the demo's own, or the demo's RabbitMQ node (amqp://)."
   type        = string
   default     = "redis://127.0.0.1:6379/12"
+}
+
+variable "management_url" {
+  description = "RabbitMQ only: the demo node's management API (http://127.0.0.1:PORT); null with Redis."
+  type        = string
+  default     = null
 }
 
 variable "name" {

@@ -1,4 +1,8 @@
-"""`make demo`: Redis, an AWS emulator, `terraform apply` of examples/local, real workers, the real scaler.
+"""`make demo`: a broker, an AWS emulator, `terraform apply` of examples/local, real workers, the real scaler.
+
+The broker is Redis, or with ``--broker rabbitmq`` (``make demo BROKER=rabbitmq``) a private RabbitMQ
+node with its management plugin, on free loopback ports (stopped at the end). Redis also holds the
+run's task records, whatever the broker.
 
 Everything it starts it stops again, and only that: Redis is a private redis-server on a free
 loopback port (its data in a temporary directory) unless ``--redis-url``/``DEMO_REDIS_URL`` names
@@ -26,7 +30,7 @@ import redis
 
 from celery_autoscaler.config import ScalerConfig, parse_config
 from celery_autoscaler.ecs import EcsActuator, ServiceStatus
-from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.probe import Probe, probe_for
 from celery_autoscaler.secrets import broker_url
 from celery_autoscaler.state import DynamoStateStore
 from celery_autoscaler.telemetry import Telemetry
@@ -129,6 +133,20 @@ def demo_redis(url: str | None) -> Iterator[DemoRedis]:
         client.close()
 
 
+@contextlib.contextmanager
+def demo_rabbitmq() -> Iterator[Any]:
+    """A private RabbitMQ node with the management plugin for the run (the tests' launcher), stopped after."""
+    from brokers import RabbitNode
+
+    node = RabbitNode()
+    broker = node.start()
+    log(f"started a RabbitMQ node: AMQP and management on {broker.management_url} (stopped at the end)")
+    try:
+        yield broker
+    finally:
+        node.stop()
+
+
 def emulator_answers(endpoint: str) -> bool:
     try:
         client = boto3.client("sts", endpoint_url=endpoint, region_name=REGION)
@@ -222,20 +240,21 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog, db:
     secrets = boto3.client("secretsmanager")
     url = broker_url(config.broker, secrets)  # as the Lambda gets it: from the module's secret
     db.refuse_clashes(config.queues)
-    results = redis.Redis.from_url(url)
+    results = redis.Redis.from_url(db.url)  # the task records, in Redis whatever the broker
     pools = {pool.name: pool.service for pool in config.pools}
     containers = {name: load_container(ecs, secrets, config.cluster, service) for name, service in pools.items()}
     runner = TaskRunner(
         ecs, config.cluster, pools, containers, events, out / "workers", start_delay_s=profile.start_delay_s
     )
     actuator = DemoActuator(EcsActuator(config.cluster, ecs), runner, {s: p for p, s in pools.items()})
-    probe = RedisProbe.from_config(config.broker, url)
+    probe = probe_for(config.broker, url)
     store = DynamoStateStore(config.state_table or "", boto3.client("dynamodb"))
     scaler_log = (out / "scaler.jsonl").open("w")  # the scaler's own JSON lines, as CloudWatch would get them
     telemetry = Telemetry(config.metrics_namespace, stream=scaler_log)
 
     # The load generator publishes through the demo app itself, as the web process would.
     os.environ["CELERY_BROKER_URL"] = url
+    os.environ["DEMO_RESULTS_URL"] = db.url  # the workers (started with this environment) record there too
     sys.path.insert(0, str(APP_DIR))
     import demoapp  # noqa: F401 - configures Celery and installs the worker helper
 
@@ -276,7 +295,7 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog, db:
 
 def tick(
     config: ScalerConfig,
-    probe: RedisProbe,
+    probe: Probe,
     actuator: DemoActuator,
     store: DynamoStateStore,
     telemetry: Telemetry,
@@ -304,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("DEMO_REDIS_URL"),
         help="a Redis db to use instead of a private redis-server (only the keys the run creates are removed)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq"),
+        default=os.environ.get("DEMO_BROKER", "redis"),
+        help="the Celery broker: Redis, or a private RabbitMQ node (default %(default)s)",
+    )
     parser.add_argument("--aws-endpoint", default=os.environ.get("DEMO_AWS_ENDPOINT"), help="an emulator to reuse")
     args = parser.parse_args(argv)
     if args.redis_url is not None and urlparse(args.redis_url).path.strip("/") in {"", "0"}:
@@ -314,10 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("summary.json", "timeline.png", "events.jsonl"):
         (out / stale).unlink(missing_ok=True)
     started = time.monotonic()
-    log(f"profile {profile.name}; output in {out}")
+    log(f"profile {profile.name}, broker {args.broker}; output in {out}")
 
     with contextlib.ExitStack() as stack:
         db = stack.enter_context(demo_redis(args.redis_url))
+        broker: dict[str, str] = {"broker_type": "redis", "broker_url": db.url}
+        if args.broker == "rabbitmq":
+            rabbit = stack.enter_context(demo_rabbitmq())
+            broker = {"broker_type": "rabbitmq", "broker_url": rabbit.amqp_url, "management_url": rabbit.management_url}
         endpoint = stack.enter_context(ensure_emulator(args.aws_endpoint, out))
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
@@ -330,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             out,
             {
                 "aws_endpoint": endpoint,
-                "redis_url": db.url,
+                **broker,
                 "tick_interval_s": f"{profile.tick_interval_s:g}",
                 "scale_in_window_s": f"{profile.scale_in_window_s:g}",
                 "idle_window_s": f"{profile.idle_window_s:g}",
