@@ -1,5 +1,40 @@
+locals {
+  broker_is_sqs = var.broker.type == "sqs"
+
+  # Celery queue -> the SQS queue kombu uses for it (Channel.canonical_queue_name: the prefix, then "."
+  # -> "-" and other punctuation but "-" and "_" -> "_", a ".fifo" suffix kept). Queue names and the
+  # prefix hold letters, digits and _.:@- only (validated), so ":" and "@" are all the rest.
+  sqs_queue_names = local.broker_is_sqs ? { for q in flatten([for p in var.worker_pools : p.queues]) : q => (
+    endswith("${var.broker.queue_name_prefix}${q}", ".fifo")
+    ? "${replace(replace(trimsuffix("${var.broker.queue_name_prefix}${q}", ".fifo"), ".", "-"), "/[:@]/", "_")}.fifo"
+    : replace(replace("${var.broker.queue_name_prefix}${q}", ".", "-"), "/[:@]/", "_")
+  ) } : {}
+  sqs_dead_letter_names = var.broker.dead_letter_queue ? { for q, name in local.sqs_queue_names : q => (
+    endswith(name, ".fifo") ? "${trimsuffix(name, ".fifo")}-dlq.fifo" : "${name}-dlq"
+  ) } : {}
+  # Built from names, so the IAM policies are exact at plan time (and right for existing queues too).
+  sqs_queue_arns = [for name in values(local.sqs_queue_names) : "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${name}"]
+  sqs_queue_urls = { for q, name in local.sqs_queue_names : q => (
+    var.broker.create ? aws_sqs_queue.celery[q].url : "https://sqs.${local.region}.${data.aws_partition.current.dns_suffix}/${local.account_id}/${name}"
+  ) }
+
+  # What the workers' and beat's Celery apps need to use exactly these queues: kombu's SQS transport
+  # options (celery_autoscaler.worker.install applies CELERY_BROKER_TRANSPORT_OPTIONS). With
+  # predefined_queues kombu neither lists nor creates queues, so the task role needs no such rights.
+  sqs_transport_options = {
+    region             = local.region
+    queue_name_prefix  = var.broker.queue_name_prefix
+    visibility_timeout = var.broker.visibility_timeout_s
+    predefined_queues  = { for q, name in local.sqs_queue_names : name => { url = local.sqs_queue_urls[q] } }
+  }
+  broker_environment = local.broker_is_sqs ? {
+    CELERY_BROKER_URL               = "sqs://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = jsonencode(local.sqs_transport_options)
+  } : {}
+}
+
 ################################################################################
-# Broker
+# Broker: Redis
 ################################################################################
 
 # A fresh value on every plan: the replication group ignores auth_token changes and Amazon MQ ignores
@@ -91,7 +126,7 @@ resource "aws_mq_broker" "broker" {
 
 resource "aws_secretsmanager_secret" "broker" {
   #checkov:skip=CKV2_AWS_57:The secret mirrors the broker's own credential (Redis AUTH token, RabbitMQ user); rotation happens on the broker, not through a Secrets Manager rotation Lambda.
-  count = var.broker.create ? 1 : 0
+  count = local.create_broker ? 1 : 0
 
   name_prefix             = "${var.name}-broker-url-"
   description             = local.create_redis ? "Celery broker URL (rediss://:TOKEN@HOST:PORT/DB) of ${var.name}" : "Celery broker URL (amqps://USER:PASSWORD@HOST:5671//) of ${var.name}"
@@ -102,7 +137,7 @@ resource "aws_secretsmanager_secret" "broker" {
 }
 
 resource "aws_secretsmanager_secret_version" "broker" {
-  count = var.broker.create ? 1 : 0
+  count = local.create_broker ? 1 : 0
 
   secret_id = aws_secretsmanager_secret.broker[0].id
   secret_string = (
@@ -111,4 +146,39 @@ resource "aws_secretsmanager_secret_version" "broker" {
     # The broker's first (and only) user, as stored at creation; its endpoint is amqps://HOST:5671.
     : "amqps://${urlencode(one(aws_mq_broker.broker[0].user).username)}:${urlencode(one(aws_mq_broker.broker[0].user).password)}@${regex("^amqps://([^/]+)", aws_mq_broker.broker[0].instances[0].endpoints[0])[0]}//"
   )
+}
+
+################################################################################
+# Broker: SQS
+################################################################################
+
+resource "aws_sqs_queue" "celery" {
+  for_each = var.broker.create ? local.sqs_queue_names : {}
+
+  name                       = each.value
+  fifo_queue                 = endswith(each.value, ".fifo")
+  visibility_timeout_seconds = var.broker.visibility_timeout_s
+  message_retention_seconds  = var.broker.message_retention_s
+  kms_master_key_id          = var.kms_key_arn
+  sqs_managed_sse_enabled    = var.kms_key_arn == null ? true : null
+  redrive_policy = var.broker.dead_letter_queue ? jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.celery_dead_letter[each.key].arn
+    maxReceiveCount     = var.broker.max_receive_count
+  }) : null
+
+  tags = merge(local.tags, { "celery-ecs-autoscaler:queue" = each.key })
+}
+
+# Messages received max_receive_count times without being deleted (a task that kills its worker, or
+# outlives the visibility timeout each time) land here instead of circulating forever.
+resource "aws_sqs_queue" "celery_dead_letter" {
+  for_each = var.broker.create ? local.sqs_dead_letter_names : {}
+
+  name                      = each.value
+  fifo_queue                = endswith(each.value, ".fifo")
+  message_retention_seconds = 1209600
+  kms_master_key_id         = var.kms_key_arn
+  sqs_managed_sse_enabled   = var.kms_key_arn == null ? true : null
+
+  tags = merge(local.tags, { "celery-ecs-autoscaler:queue" = each.key })
 }

@@ -9,7 +9,7 @@ locals {
 
   # Secrets the workers' containers read: the broker URL plus each pool's and beat's own.
   container_secret_arns = distinct(concat(
-    [local.broker_secret_arn],
+    local.broker_is_sqs ? [] : [local.broker_secret_arn],
     flatten([for p in var.worker_pools : values(p.secrets)]),
     var.beat.enabled ? values(var.beat.secrets) : [],
   ))
@@ -28,9 +28,46 @@ locals {
     }]
   }) }
 
+  # Known at plan (the broker secret's ARN may not be): whether the containers read any secret at all.
+  containers_read_secrets = !local.broker_is_sqs || length(flatten([for p in var.worker_pools : values(p.secrets)])) > 0 || (var.beat.enabled && length(var.beat.secrets) > 0)
+  task_execution_statements = concat(
+    length(local.container_secretsmanager_arns) > 0 ? [{
+      Sid      = "ContainerSecrets"
+      Effect   = "Allow"
+      Action   = ["secretsmanager:GetSecretValue"]
+      Resource = local.container_secretsmanager_arns
+    }] : [],
+    length(local.container_ssm_arns) > 0 ? [{
+      Sid      = "ContainerParameters"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameters"]
+      Resource = local.container_ssm_arns
+    }] : [],
+    length(local.kms_key_arns) > 0 ? [{
+      Sid      = "DecryptSecrets"
+      Effect   = "Allow"
+      Action   = ["kms:Decrypt"]
+      Resource = local.kms_key_arns
+    }] : [],
+  )
+
   task_protection_enabled = anytrue([for p in var.worker_pools : p.scale_in_protection])
 
   task_role_statements = concat(
+    # Exactly what kombu's SQS transport calls with predefined queues: send, receive, delete (ack),
+    # change visibility (release, backoff) and read attributes (the redrive policy on reject).
+    local.broker_is_sqs ? [{
+      Sid      = "CeleryQueues"
+      Effect   = "Allow"
+      Action   = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:SendMessage"]
+      Resource = local.sqs_queue_arns
+    }] : [],
+    local.broker_is_sqs && var.kms_key_arn != null ? [{
+      Sid      = "CeleryQueuesKey"
+      Effect   = "Allow"
+      Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      Resource = [var.kms_key_arn]
+    }] : [],
     local.task_protection_enabled ? [{
       Sid      = "ScaleInProtection"
       Effect   = "Allow"
@@ -71,32 +108,18 @@ resource "aws_iam_role_policy_attachment" "task_execution" {
   policy_arn = "${local.service_role_arn}/AmazonECSTaskExecutionRolePolicy"
 }
 
+# Nothing to read on SQS without container secrets (no broker URL secret): then no policy at all.
 resource "aws_iam_role_policy" "task_execution" {
-  name = "secrets"
-  role = aws_iam_role.task_execution.name
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = concat(
-      [{
-        Sid      = "ContainerSecrets"
-        Effect   = "Allow"
-        Action   = ["secretsmanager:GetSecretValue"]
-        Resource = local.container_secretsmanager_arns
-      }],
-      length(local.container_ssm_arns) > 0 ? [{
-        Sid      = "ContainerParameters"
-        Effect   = "Allow"
-        Action   = ["ssm:GetParameters"]
-        Resource = local.container_ssm_arns
-      }] : [],
-      length(local.kms_key_arns) > 0 ? [{
-        Sid      = "DecryptSecrets"
-        Effect   = "Allow"
-        Action   = ["kms:Decrypt"]
-        Resource = local.kms_key_arns
-      }] : [],
-    )
-  })
+  count = local.containers_read_secrets ? 1 : 0
+
+  name   = "secrets"
+  role   = aws_iam_role.task_execution.name
+  policy = jsonencode({ Version = "2012-10-17", Statement = local.task_execution_statements })
+}
+
+moved {
+  from = aws_iam_role_policy.task_execution
+  to   = aws_iam_role_policy.task_execution[0]
 }
 
 ################################################################################
@@ -196,12 +219,6 @@ resource "aws_iam_role_policy" "scaler" {
           Resource = [local.scaler_state_arn]
         },
         {
-          Sid      = "BrokerUrl"
-          Effect   = "Allow"
-          Action   = ["secretsmanager:GetSecretValue"]
-          Resource = [local.broker_secret_arn]
-        },
-        {
           # Its log lines carry the metrics too (CloudWatch embedded metric format): no PutMetricData.
           Sid      = "Logs"
           Effect   = "Allow"
@@ -215,6 +232,27 @@ resource "aws_iam_role_policy" "scaler" {
           Resource = [local.scaler_dlq_arn]
         },
       ],
+      local.broker_is_sqs ? [] : [{
+        Sid      = "BrokerUrl"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = [local.broker_secret_arn]
+      }],
+      local.broker_is_sqs ? [
+        {
+          Sid      = "MeasureQueues"
+          Effect   = "Allow"
+          Action   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+          Resource = local.sqs_queue_arns
+        },
+        {
+          # The age of the oldest message is a CloudWatch metric; GetMetricData has no resource-level permissions.
+          Sid      = "QueueAges"
+          Effect   = "Allow"
+          Action   = ["cloudwatch:GetMetricData"]
+          Resource = ["*"]
+        },
+      ] : [],
       length(local.kms_key_arns) > 0 ? [{
         Sid      = "Decrypt"
         Effect   = "Allow"

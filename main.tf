@@ -48,7 +48,8 @@ locals {
 
   create_redis      = var.broker.create && var.broker.type == "redis"
   create_rabbitmq   = var.broker.create && var.broker.type == "rabbitmq"
-  broker_secret_arn = var.broker.create ? aws_secretsmanager_secret.broker[0].arn : var.broker.url_secret_arn
+  create_broker     = local.create_redis || local.create_rabbitmq # a broker host (SQS has none), and its URL secret
+  broker_secret_arn = local.create_broker ? aws_secretsmanager_secret.broker[0].arn : var.broker.url_secret_arn
   # RabbitMQ: the scaler reads the management API (HTTPS on 443 on Amazon MQ), the workers AMQPS.
   rabbitmq_management_url = local.create_rabbitmq ? aws_mq_broker.broker[0].instances[0].console_url : var.broker.management_url
   # The port the scaler opens to the broker: Redis's, or the RabbitMQ management API's.
@@ -84,10 +85,9 @@ locals {
   cron_pattern = "(?i)^\\s*${join("\\s+", local.cron_fields)}\\s*$"
 
   # The scaler's configuration document: the schema of lambda/celery_autoscaler/config.py, key for key.
-  # It holds the broker secret's ARN, never the URL.
+  # It holds the broker secret's ARN, never a URL with a password (SQS's "sqs://" holds none).
   scaler_config = {
-    broker = {
-      url_secret_arn          = local.broker_secret_arn
+    broker = merge(local.broker_is_sqs ? { url = "sqs://" } : { url_secret_arn = local.broker_secret_arn }, {
       key_prefix              = var.broker.key_prefix
       priority_sep            = var.broker.priority_sep
       publish_time_header     = var.broker.publish_time_header
@@ -97,7 +97,7 @@ locals {
       region                  = local.region
       queue_name_prefix       = var.broker.queue_name_prefix
       management_url          = local.rabbitmq_management_url
-    }
+    })
     cluster = local.cluster_name
     # A pool's scaling settings carry the scaler's names, so they pass through as they are.
     pools = { for pool, p in var.worker_pools : pool => merge(p.scaling, {

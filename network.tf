@@ -45,7 +45,7 @@ resource "aws_vpc_security_group_egress_rule" "workers" {
 ################################################################################
 
 resource "aws_security_group" "broker" {
-  count = var.broker.create ? 1 : 0
+  count = local.create_broker ? 1 : 0
 
   name        = "${var.name}-broker"
   description = "${local.broker_names[var.broker.type]} broker of ${var.name}: reachable from its workers and scaler only"
@@ -55,7 +55,7 @@ resource "aws_security_group" "broker" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "broker" {
-  for_each = var.broker.create ? local.broker_ingress : {}
+  for_each = local.create_broker ? local.broker_ingress : {}
 
   security_group_id            = aws_security_group.broker[0].id
   description                  = each.value.description
@@ -95,16 +95,16 @@ resource "aws_vpc_security_group_egress_rule" "scaler_https" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "scaler_broker" {
-  count = var.scaler.enabled ? 1 : 0
+  count = var.scaler.enabled && !local.broker_is_sqs ? 1 : 0
 
   security_group_id            = aws_security_group.scaler[0].id
   description                  = var.broker.type == "redis" ? "Redis broker" : "RabbitMQ management API"
   ip_protocol                  = "tcp"
   from_port                    = local.scaler_broker_port
   to_port                      = local.scaler_broker_port
-  referenced_security_group_id = var.broker.create ? aws_security_group.broker[0].id : null
+  referenced_security_group_id = local.create_broker ? aws_security_group.broker[0].id : null
   # An existing broker's address is unknown to the module: allow its port anywhere.
-  cidr_ipv4 = var.broker.create ? null : "0.0.0.0/0"
+  cidr_ipv4 = local.create_broker ? null : "0.0.0.0/0"
 
   tags = local.tags
 }

@@ -50,7 +50,7 @@ output "worker_log_group_name" {
 ################################################################################
 
 output "broker_secret_arn" {
-  description = "ARN of the Secrets Manager secret holding the broker URL (the module's own or the one supplied). The URL itself is never an output."
+  description = "ARN of the Secrets Manager secret holding the Redis broker URL (the module's own or the one supplied), null on SQS. The URL itself is never an output."
   value       = local.broker_secret_arn
 }
 
@@ -62,6 +62,21 @@ output "redis_endpoint" {
 output "redis_port" {
   description = "Port of the created Redis, or null with an existing broker or RabbitMQ."
   value       = local.create_redis ? var.broker.port : null
+}
+
+output "sqs_queues" {
+  description = "With broker.type = \"sqs\": each Celery queue's SQS queue (name, url, arn, and its dead-letter queue's arn or null); empty otherwise."
+  value = { for q, name in local.sqs_queue_names : q => {
+    name            = name
+    url             = local.sqs_queue_urls[q]
+    arn             = "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${name}"
+    dead_letter_arn = try(aws_sqs_queue.celery_dead_letter[q].arn, null)
+  } }
+}
+
+output "worker_broker_environment" {
+  description = "The broker settings the module passes to the workers' and beat's containers as plain environment (SQS: CELERY_BROKER_URL and CELERY_BROKER_TRANSPORT_OPTIONS; empty for Redis, whose URL comes from the secret). Use them in containers the module does not run."
+  value       = local.broker_environment
 }
 
 output "redis_replication_group_id" {

@@ -461,12 +461,12 @@ variable "beat" {
 
 variable "broker" {
   description = <<-EOT
-    The Celery broker. type = "redis" (default) or "rabbitmq".
+    The Celery broker. type = "redis" (default), "rabbitmq" or "sqs".
     Redis: create = true builds an ElastiCache replication group (TLS in transit, encrypted at rest, AUTH token) and a Secrets Manager secret holding its `rediss://:TOKEN@HOST:PORT/DB` URL.
     RabbitMQ: create = true builds a private Amazon MQ for RabbitMQ broker (settings in `rabbitmq`; AMQPS on 5671 from the workers and beat, the management API on 443 from the scaler) and a secret holding its `amqps://USER:PASSWORD@HOST:5671//` URL; the scaler reads the broker's management API (docs/brokers.md).
-    create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis://, rediss://, amqp:// or amqps://, the vhost in the path); allow the workers' and the scaler's security groups (outputs) in its security group. For an existing RabbitMQ, management_url is where its management API is when not `http://HOST:15672` (amqp://) or `https://HOST` (amqps://, as on Amazon MQ).
+    Redis and RabbitMQ: create = false uses an existing broker: url_secret_arn names a Secrets Manager secret whose value is the plain broker URL (redis://, rediss://, amqp:// or amqps://, the vhost in the path); allow the workers' and the scaler's security groups (outputs) in its security group. For an existing RabbitMQ, management_url is where its management API is when not `http://HOST:15672` (amqp://) or `https://HOST` (amqps://, as on Amazon MQ).
     key_prefix, priority_sep and publish_time_header must match the Celery app (global_keyprefix, priority separator, the publish-time header of celery_autoscaler.worker.install).
-    queue_name_prefix is SQS's: kombu's transport option of that name, put before every queue's name.
+    SQS: one queue per Celery queue of every pool, named as kombu names it (queue_name_prefix, then "." -> "-", ":" and "@" -> "_"); create = true builds them (encrypted; a dead-letter queue each with dead_letter_queue), create = false uses existing queues of those names in this account and region. No URL secret: the workers and the scaler sign with their roles; the workers get CELERY_BROKER_URL = "sqs://" and CELERY_BROKER_TRANSPORT_OPTIONS (region, prefix, visibility timeout, predefined_queues), which celery_autoscaler.worker.install(app) applies. visibility_timeout_s must exceed the longest task plus its ETA/countdown, or SQS delivers it twice.
   EOT
   type = object({
     type                        = optional(string, "redis")
@@ -498,14 +498,62 @@ variable "broker" {
       username            = optional(string, "celery")
       general_log         = optional(bool, true)
     }), {})
-    queue_name_prefix = optional(string, "")
+    queue_name_prefix    = optional(string, "")
+    visibility_timeout_s = optional(number, 1800)
+    message_retention_s  = optional(number, 345600)
+    dead_letter_queue    = optional(bool, false)
+    max_receive_count    = optional(number, 5)
   })
   default  = {}
   nullable = false
 
   validation {
-    condition     = var.broker.create || var.broker.url_secret_arn != null
+    condition     = contains(["redis", "rabbitmq", "sqs"], var.broker.type)
+    error_message = "broker.type must be \"redis\", \"rabbitmq\" or \"sqs\" (got \"${var.broker.type}\")."
+  }
+
+  validation {
+    condition     = var.broker.type == "sqs" || var.broker.create || var.broker.url_secret_arn != null
     error_message = "broker.url_secret_arn is required when broker.create is false."
+  }
+
+  validation {
+    condition     = var.broker.type != "sqs" || var.broker.url_secret_arn == null
+    error_message = "broker.url_secret_arn is not used with broker.type = \"sqs\": the workers and the scaler sign SQS calls with their roles."
+  }
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.:@-]{0,60}$", var.broker.queue_name_prefix))
+    error_message = "broker.queue_name_prefix must be at most 60 characters of letters, digits and _.:@- (the characters of queue names)."
+  }
+
+  # kombu maps each character to one (prefix + queue, "." -> "-", ":" and "@" -> "_"), so the SQS name is as long.
+  validation {
+    condition     = var.broker.type != "sqs" || alltrue([for q in flatten([for p in var.worker_pools : p.queues]) : length("${var.broker.queue_name_prefix}${q}") + (var.broker.dead_letter_queue ? 4 : 0) <= 80])
+    error_message = "SQS queue names are at most 80 characters (\"-dlq\" included with dead_letter_queue); too long: ${join(", ", [for q in flatten([for p in var.worker_pools : p.queues]) : "${var.broker.queue_name_prefix}${q}" if length("${var.broker.queue_name_prefix}${q}") + (var.broker.dead_letter_queue ? 4 : 0) > 80])}."
+  }
+
+  # The names are computed here again (as local.sqs_queue_names does): a validation cannot read a local built from its variable.
+  validation {
+    condition = var.broker.type != "sqs" || length(distinct([for q in flatten([for p in var.worker_pools : p.queues]) : (
+      endswith(q, ".fifo") ? "${replace(replace(trimsuffix(q, ".fifo"), ".", "-"), "/[:@]/", "_")}.fifo" : replace(replace(q, ".", "-"), "/[:@]/", "_")
+    )])) == length(flatten([for p in var.worker_pools : p.queues]))
+    error_message = "Two Celery queues have the same SQS name (kombu maps \".\" to \"-\", \":\" and \"@\" to \"_\"): rename one of ${join(", ", flatten([for p in var.worker_pools : p.queues]))}."
+  }
+
+  validation {
+    condition     = var.broker.visibility_timeout_s >= 0 && var.broker.visibility_timeout_s <= 43200 && floor(var.broker.visibility_timeout_s) == var.broker.visibility_timeout_s
+    error_message = "broker.visibility_timeout_s must be a whole number of seconds from 0 to 43200 (12 hours, SQS's maximum)."
+  }
+
+  validation {
+    condition     = var.broker.message_retention_s >= 60 && var.broker.message_retention_s <= 1209600 && floor(var.broker.message_retention_s) == var.broker.message_retention_s
+    error_message = "broker.message_retention_s must be a whole number of seconds from 60 to 1209600 (14 days)."
+  }
+
+  validation {
+    condition     = var.broker.max_receive_count >= 1 && var.broker.max_receive_count <= 1000 && floor(var.broker.max_receive_count) == var.broker.max_receive_count
+    error_message = "broker.max_receive_count must be a whole number from 1 to 1000."
   }
 
   validation {
@@ -563,10 +611,6 @@ variable "broker" {
     error_message = "broker.socket_timeout_s must be > 0."
   }
 
-  validation {
-    condition     = contains(["redis", "rabbitmq"], var.broker.type)
-    error_message = "broker.type must be \"redis\" or \"rabbitmq\"."
-  }
 
   validation {
     condition     = var.broker.management_url == null || (var.broker.type == "rabbitmq" && !var.broker.create && can(regex("^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^?#@[:space:]]*)?$", var.broker.management_url)))

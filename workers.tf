@@ -23,6 +23,7 @@ locals {
       CELERY_TASK_ACKS_LATE                 = "true"
       CELERY_WORKER_PREFETCH_MULTIPLIER     = "1"
     },
+    local.broker_environment,
     p.shutdown == "soft" ? { REMAP_SIGTERM = "SIGQUIT", CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = tostring(p.stop_timeout - 10) } : {},
     p.environment,
   ) }
@@ -36,7 +37,8 @@ locals {
     "--loglevel", "INFO",
   ] }
 
-  broker_secret_env = { CELERY_BROKER_URL = local.broker_secret_arn }
+  # Redis's URL holds its password, so it comes from the secret; SQS's is plain (local.broker_environment).
+  broker_secret_env = local.broker_is_sqs ? {} : { CELERY_BROKER_URL = local.broker_secret_arn }
 
   worker_containers = { for pool, p in var.worker_pools : pool => [{
     name                   = "worker"
@@ -51,7 +53,7 @@ locals {
     logConfiguration       = local.container_log_configuration[pool]
   }] }
 
-  beat_environment = merge({ CELERY_AUTOSCALER_PUBLISH_TIME_HEADER = var.broker.publish_time_header }, var.beat.environment)
+  beat_environment = merge({ CELERY_AUTOSCALER_PUBLISH_TIME_HEADER = var.broker.publish_time_header }, local.broker_environment, var.beat.environment)
   beat_container = [{
     name                   = "beat"
     image                  = coalesce(var.beat.image, values(var.worker_pools)[0].image)

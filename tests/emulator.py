@@ -267,6 +267,27 @@ def _patch_ec2() -> None:
     SecurityGroupRule.description = property(description)  # type: ignore[assignment,method-assign]
 
 
+def _patch_sqs() -> None:
+    """GetQueueAttributes returns a queue's RedrivePolicy as compact JSON, like AWS.
+
+    moto renders it with ``json.dumps`` defaults (``", "`` and ``": "``), so the provider sees the
+    ``redrive_policy`` of every queue with a dead-letter queue change (whitespace only) on every plan.
+    """
+    import json
+
+    from moto.sqs.models import Queue
+
+    original = Queue.attributes
+
+    def attributes(self: Queue) -> dict[str, Any]:
+        result: dict[str, Any] = original.fget(self)  # type: ignore[attr-defined]
+        if self.redrive_policy:
+            result["RedrivePolicy"] = json.dumps(self.redrive_policy, separators=(",", ":"))
+        return result
+
+    Queue.attributes = property(attributes)  # type: ignore[assignment,method-assign]
+
+
 _patched = False
 
 
@@ -286,6 +307,7 @@ def apply_patches() -> None:
     _patch_elasticache()
     _patch_ecs()
     _patch_lambda()
+    _patch_sqs()
     _patched = True
 
 

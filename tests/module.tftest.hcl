@@ -272,7 +272,7 @@ run "scaler_iam_is_scoped_to_this_module" {
   }
 
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.task_execution.policy).Statement : s.Resource if s.Sid == "ContainerSecrets"][0] == [aws_secretsmanager_secret.broker[0].arn, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf"]
+    condition     = [for s in jsondecode(aws_iam_role_policy.task_execution[0].policy).Statement : s.Resource if s.Sid == "ContainerSecrets"][0] == [aws_secretsmanager_secret.broker[0].arn, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf"]
     error_message = "The execution role reads the broker secret and the pools' secrets (JSON-key suffix stripped), nothing else."
   }
 
@@ -669,5 +669,118 @@ run "existing_rabbitmq_through_the_url_secret" {
   assert {
     condition     = output.scaler_config.broker.management_url == "https://rabbit.internal:15671" && aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 15671
     error_message = "The scaler reads the given management URL and may reach its port."
+  }
+}
+
+run "sqs_broker" {
+  command = apply
+
+  variables {
+    worker_pools = {
+      default = { image = "app:1", queues = ["celery", "jobs.high", "bulk.fifo"] }
+      reports = { image = "app:1", queues = ["reports:daily"] }
+    }
+    broker = { type = "sqs", queue_name_prefix = "prod.", dead_letter_queue = true, max_receive_count = 3, visibility_timeout_s = 600 }
+  }
+
+  override_resource {
+    target = aws_sqs_queue.celery["jobs.high"]
+    values = { url = "https://sqs.eu-west-1.amazonaws.com/123456789012/prod-jobs-high", arn = "arn:aws:sqs:eu-west-1:123456789012:prod-jobs-high" }
+  }
+
+  override_resource {
+    target = aws_sqs_queue.celery_dead_letter["jobs.high"]
+    values = { arn = "arn:aws:sqs:eu-west-1:123456789012:prod-jobs-high-dlq" }
+  }
+
+  assert {
+    condition     = { for q, r in aws_sqs_queue.celery : q => r.name } == { "celery" = "prod-celery", "jobs.high" = "prod-jobs-high", "bulk.fifo" = "prod-bulk.fifo", "reports:daily" = "prod-reports_daily" }
+    error_message = "One SQS queue per Celery queue, named by kombu's rule (prefix, . -> -, : -> _, .fifo kept)."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.celery["bulk.fifo"].fifo_queue && !aws_sqs_queue.celery["celery"].fifo_queue && aws_sqs_queue.celery_dead_letter["bulk.fifo"].name == "prod-bulk-dlq.fifo" && aws_sqs_queue.celery_dead_letter["bulk.fifo"].fifo_queue
+    error_message = "A .fifo Celery queue is a FIFO SQS queue with a FIFO dead-letter queue."
+  }
+
+  assert {
+    condition     = alltrue([for r in aws_sqs_queue.celery : r.sqs_managed_sse_enabled && r.visibility_timeout_seconds == 600]) && alltrue([for r in aws_sqs_queue.celery_dead_letter : r.sqs_managed_sse_enabled])
+    error_message = "Every queue is encrypted and has the configured visibility timeout."
+  }
+
+  assert {
+    condition     = jsondecode(aws_sqs_queue.celery["jobs.high"].redrive_policy) == { deadLetterTargetArn = "arn:aws:sqs:eu-west-1:123456789012:prod-jobs-high-dlq", maxReceiveCount = 3 }
+    error_message = "Each queue sends messages received max_receive_count times to its own dead-letter queue."
+  }
+
+  assert {
+    condition = [for s in jsondecode(aws_iam_role_policy.task[0].policy).Statement : s if s.Sid == "CeleryQueues"][0] == {
+      Sid      = "CeleryQueues"
+      Effect   = "Allow"
+      Action   = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:SendMessage"]
+      Resource = [for n in ["prod-bulk.fifo", "prod-celery", "prod-jobs-high", "prod-reports_daily"] : "arn:aws:sqs:eu-west-1:123456789012:${n}"]
+    }
+    error_message = "The workers may use exactly the transport's actions on exactly the module's queues."
+  }
+
+  assert {
+    condition = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : [s.Action, s.Resource] if contains(["MeasureQueues", "QueueAges"], s.Sid)] == [
+      [["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], [for n in ["prod-bulk.fifo", "prod-celery", "prod-jobs-high", "prod-reports_daily"] : "arn:aws:sqs:eu-west-1:123456789012:${n}"]],
+      [["cloudwatch:GetMetricData"], ["*"]],
+    ]
+    error_message = "The scaler may read the queues' attributes and URLs, and CloudWatch metrics."
+  }
+
+  assert {
+    condition     = length(aws_elasticache_replication_group.broker) == 0 && length(aws_secretsmanager_secret.broker) == 0 && output.broker_secret_arn == null && length(aws_vpc_security_group_egress_rule.scaler_broker) == 0
+    error_message = "No Redis, no URL secret and no broker port rule on SQS."
+  }
+
+  assert {
+    condition     = length([for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s if s.Sid == "BrokerUrl"]) == 0 && length(aws_iam_role_policy.task_execution) == 0
+    error_message = "Nobody reads a broker secret on SQS."
+  }
+
+  assert {
+    condition     = output.scaler_config.broker.url == "sqs://" && !can(output.scaler_config.broker.url_secret_arn) && output.scaler_config.broker.region == "eu-west-1" && output.scaler_config.broker.queue_name_prefix == "prod."
+    error_message = "The scaler reads sqs:// in the queues' region with the transport's prefix."
+  }
+
+  assert {
+    condition = alltrue([for td in concat(values(aws_ecs_task_definition.worker), aws_ecs_task_definition.beat) : alltrue([
+      for c in jsondecode(td.container_definitions) : (
+        length([for s in c.secrets : s if s.name == "CELERY_BROKER_URL"]) == 0
+        && [for e in c.environment : e.value if e.name == "CELERY_BROKER_URL"] == ["sqs://"]
+      )
+    ])])
+    error_message = "Workers and beat get CELERY_BROKER_URL = sqs:// as plain environment, no secret."
+  }
+
+  assert {
+    condition = jsondecode([for e in jsondecode(aws_ecs_task_definition.worker["reports"].container_definitions)[0].environment : e.value if e.name == "CELERY_BROKER_TRANSPORT_OPTIONS"][0]) == {
+      region             = "eu-west-1"
+      queue_name_prefix  = "prod."
+      visibility_timeout = 600
+      predefined_queues = {
+        "prod-bulk.fifo"     = { url = aws_sqs_queue.celery["bulk.fifo"].url }
+        "prod-celery"        = { url = aws_sqs_queue.celery["celery"].url }
+        "prod-jobs-high"     = { url = "https://sqs.eu-west-1.amazonaws.com/123456789012/prod-jobs-high" }
+        "prod-reports_daily" = { url = aws_sqs_queue.celery["reports:daily"].url }
+      }
+    }
+    error_message = "Every container knows every queue (tasks may send to any), by kombu's name, with the transport's options."
+  }
+}
+
+run "existing_sqs_queues" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", create = false }
+  }
+
+  assert {
+    condition     = length(aws_sqs_queue.celery) == 0 && output.sqs_queues["emails"].url == "https://sqs.eu-west-1.amazonaws.com/123456789012/emails"
+    error_message = "Existing queues are used by their names' URLs in this account and region."
   }
 }

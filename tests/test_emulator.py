@@ -126,3 +126,14 @@ def test_security_group_rule_with_a_source_group_reports_its_description(endpoin
     rule = ec2.describe_security_group_rules(SecurityGroupRuleIds=[rule_id])["SecurityGroupRules"][0]
     assert rule["Description"] == "Redis from the workers"
     assert rule["ReferencedGroupInfo"]["GroupId"] == workers
+
+
+def test_sqs_redrive_policy_reads_back_compact(endpoint: str) -> None:
+    sqs = client(endpoint, "sqs")
+    dlq = sqs.create_queue(QueueName="emu-dlq")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = f'{{"deadLetterTargetArn":"{arn}","maxReceiveCount":5}}'  # what jsonencode() writes, and AWS returns
+    queue = sqs.create_queue(QueueName="emu-q", Attributes={"RedrivePolicy": policy})["QueueUrl"]
+    assert sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"] == {
+        "RedrivePolicy": policy
+    }

@@ -7,13 +7,15 @@ import math
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.measurements import PoolMeasurements
 from celery_autoscaler.sim import BUILTIN, ServiceModel, SimSettings, builtin, read_csv, simulate, write_csv
 from celery_autoscaler.sim.baselines import ScalerPolicy, Static
-from celery_autoscaler.sim.command import main
+from celery_autoscaler.sim.command import PROBE_VIEWS, main
 from celery_autoscaler.sim.engine import run_pool
 from celery_autoscaler.sim.simulate import DEFAULT_POOL
 from celery_autoscaler.sim.traces import poisson
@@ -172,3 +174,36 @@ def test_no_acks_late_hides_running_tasks_from_the_scaler(capsys: pytest.Capture
         document = json.loads(capsys.readouterr().out)
         p95[flag] = document["policies"]["celery-autoscaler"]["wait_p95_s"]
     assert p95["--no-acks-late"] > 2 * p95["--acks-late"]
+
+
+class AgeRecorder(Static):
+    """One warm worker on the scaler's schedule that writes down the age each tick shows it."""
+
+    interval_s = None
+
+    def __init__(self) -> None:
+        super().__init__(1, "recorder")
+        self.ages: list[float | None] = []
+
+    def __call__(self, measurements: PoolMeasurements, state: Any, now: float) -> tuple[int, None]:
+        assert measurements.load is not None
+        self.ages.append(measurements.load.oldest_age_s)
+        return super().__call__(measurements, state, now)
+
+
+def test_probe_view_shows_the_age_each_broker_lets_the_probe_see(capsys: pytest.CaptureFixture[str]) -> None:
+    # One worker, a task a second of 30 s each: a backlog whose head ages; the fleet never changes, so
+    # every view sees the same world and differs only in the age it is shown.
+    enqueue = [float(i) for i in range(600)]
+    pool = PoolConfig(name="p", service="s", queues=("celery",), concurrency=1)
+    seen = {}
+    for view, lag in PROBE_VIEWS.items():
+        recorder = AgeRecorder()
+        run_pool(enqueue, [30.0] * len(enqueue), recorder, pool, SimSettings(age_lag_s=lag), 3, 900.0)
+        seen[view] = recorder.ages
+    exact = [age for age in seen["redis"] if age is not None]
+    assert len(exact) > 20
+    assert seen["no-age"] == [None] * len(seen["redis"])
+    assert seen["sqs"] == [None if a is None or a < 60.0 else a - 60.0 for a in seen["redis"]]  # a minute late
+    assert main(["--trace", "steady", "--hours", "1", "--json", "--probe-view", "sqs"]) == 0
+    assert json.loads(capsys.readouterr().out)["policies"]["celery-autoscaler"]

@@ -26,11 +26,12 @@ import boto3
 import pytest
 from emulator import REGION, EmulatorProcess, provider_override
 
-from celery_autoscaler.config import parse_config
+from celery_autoscaler.config import ScalerConfig, parse_config
+from celery_autoscaler.probe.sqs import sqs_queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 # The AWS examples; examples/local is applied by make demo.
-EXAMPLES = ("complete", "existing-redis", "minimal", "rabbitmq")
+EXAMPLES = ("complete", "existing-redis", "minimal", "rabbitmq", "sqs")
 LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
 
@@ -169,6 +170,13 @@ def deployed_function(endpoint: str, function_name: str) -> tuple[str, dict[str,
     return function["CodeSha256"], config
 
 
+def check_sqs_queues(config: ScalerConfig, urls: list[str]) -> None:
+    """The module made each pool queue's SQS queue under the name the scaler (and kombu) will look for."""
+    names = {url.rsplit("/", 1)[1] for url in urls}
+    expected = {sqs_queue_name(q, config.broker.queue_name_prefix) for q in config.queues}
+    assert expected <= names, f"SQS queues {sorted(names)} lack {sorted(expected - names)}"
+
+
 def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str, Any]:
     """The whole cycle for one example; returns what was measured (for printing)."""
     baseline = inventory(endpoint)  # what a fresh emulator already holds (the default VPC's parts)
@@ -190,6 +198,8 @@ def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str
     config = parse_config(deployed)
     if "scaler_config" in outputs:
         assert parse_config(outputs["scaler_config"]["value"]) == config
+    if config.broker.url == "sqs://":
+        check_sqs_queues(config, created.get("sqs_queues", []))
 
     # Do what the scaler does (set each pool's desired count): Terraform must not want it back.
     ecs = aws(endpoint, "ecs")

@@ -123,6 +123,15 @@ def test_settings_defaults_caps_and_environment() -> None:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
     }
+    sqs_options = '{"region": "eu-west-1", "predefined_queues": {"jobs": {"url": "https://sqs/1/jobs"}}}'
+    assert helper.celery_settings_from_env({"CELERY_BROKER_TRANSPORT_OPTIONS": sqs_options}) == {
+        "broker_transport_options": {
+            "region": "eu-west-1",
+            "predefined_queues": {"jobs": {"url": "https://sqs/1/jobs"}},
+        }
+    }
+    for broken in ("{not json", "[1, 2]"):
+        assert helper.celery_settings_from_env({"CELERY_BROKER_TRANSPORT_OPTIONS": broken}) == {}
     with pytest.raises(ValueError, match="release_after_idle_s"):
         helper.resolve_settings(release_after_idle_s=0, environ={})
 
@@ -258,6 +267,12 @@ def test_start_warnings_name_each_risky_setting() -> None:
 
     redelivered = app_with(600, task_acks_late=True, broker_transport_options={"visibility_timeout": 300})
     assert "run twice" in " | ".join(helper.settings_warnings(redelivered, on_ecs, {}))
+    on_sqs = app_with(2400, task_acks_late=True, broker_url="sqs://")  # kombu's SQS default: 1800 s
+    assert "visibility_timeout=1800 s: SQS redelivers" in " | ".join(helper.settings_warnings(on_sqs, on_ecs, {}))
+    longer = app_with(
+        2400, task_acks_late=True, broker_url="sqs://", broker_transport_options={"visibility_timeout": 3600}
+    )
+    assert not any("run twice" in w for w in helper.settings_warnings(longer, on_ecs, {}))
     assert math.isinf(helper.longest_task_s(app_with(None)))
 
 

@@ -1064,3 +1064,79 @@ run "rabbitmq_on_4_with_m7g_is_valid" {
     broker = { type = "rabbitmq", rabbitmq = { engine_version = "4.2", host_instance_type = "mq.m7g.large", deployment_mode = "CLUSTER_MULTI_AZ" } }
   }
 }
+
+run "sqs_takes_no_url_secret" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", url_secret_arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:broker-url-XyZ123" }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_queue_name_prefix_characters" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", queue_name_prefix = "my app/" }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_queue_name_length_with_dead_letter_queue" {
+  command = plan
+
+  variables {
+    # 78 characters: an SQS name alone, but not with "-dlq".
+    worker_pools = { default = { image = "app:1", queues = ["q23456789012345678901234567890123456789012345678901234567890123456789012345678"] } }
+    broker       = { type = "sqs", dead_letter_queue = true }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_queue_names_distinct" {
+  command = plan
+
+  variables {
+    worker_pools = {
+      default = { image = "app:1", queues = ["jobs.high"] }
+      other   = { image = "app:1", queues = ["jobs-high"] }
+    }
+    broker = { type = "sqs" }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_visibility_timeout_range" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", visibility_timeout_s = 43201 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_message_retention_range" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", message_retention_s = 30 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "sqs_max_receive_count_range" {
+  command = plan
+
+  variables {
+    broker = { type = "sqs", dead_letter_queue = true, max_receive_count = 0 }
+  }
+
+  expect_failures = [var.broker]
+}

@@ -69,6 +69,8 @@ def run_measure(args: argparse.Namespace) -> int:
         publish_time_header=args.publish_time_header,
         unacked_scan_interval_s=0,
         unacked_scan_cap=args.unacked_scan_cap,
+        region=args.region,
+        queue_name_prefix=args.queue_name_prefix,
     )
     probe = probe_for(broker, url, field="--broker-url")
     try:
@@ -98,7 +100,8 @@ def add_measure(subparsers: Any) -> None:
     parser.add_argument(
         "--broker-url",
         required=True,
-        help="broker URL: redis:// or rediss:// (db in the path), amqp:// or amqps:// (vhost in the path)",
+        help="broker URL: redis:// or rediss:// (db in the path), amqp:// or amqps:// (vhost in the path), "
+        "sqs:// (kombu's form; credentials from the environment)",
     )
     parser.add_argument(
         "--management-url",
@@ -120,6 +123,8 @@ def add_measure(subparsers: Any) -> None:
         default=BrokerConfig.unacked_scan_cap,
         help="skip attribution above this many (default %(default)s)",
     )
+    parser.add_argument("--region", help="SQS: the queues' region (default: the environment's, as kombu)")
+    parser.add_argument("--queue-name-prefix", default="", help="SQS: kombu's queue_name_prefix (default none)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run_measure)
 

@@ -175,9 +175,9 @@ def _broker(raw: dict[str, Any]) -> BrokerConfig:
     _require(has_url != has_secret, "broker.url", "give exactly one of broker.url and broker.url_secret_arn")
     if broker.url is not None:
         _require(
-            broker.url.startswith(("redis://", "rediss://", "amqp://", "amqps://")),
+            broker.url.startswith(("redis://", "rediss://", "amqp://", "amqps://", "sqs://")),
             "broker.url",
-            "must start with redis://, rediss://, amqp:// or amqps://",
+            "must start with redis://, rediss://, amqp://, amqps:// or sqs://",
         )
     if broker.url_secret_arn is not None:
         _require(

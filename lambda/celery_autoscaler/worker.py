@@ -54,6 +54,7 @@ MIN_PROTECTION_MINUTES = 1
 MAX_PROTECTION_MINUTES = 2880  # the ECS agent's own limit (48 h)
 FARGATE_DEFAULT_STOP_TIMEOUT_S = 30.0  # what ECS waits between SIGTERM and SIGKILL when unset
 REDIS_DEFAULT_VISIBILITY_TIMEOUT_S = 3600.0
+SQS_DEFAULT_VISIBILITY_TIMEOUT_S = 1800.0  # kombu's SQS Channel.default_visibility_timeout
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -61,11 +62,20 @@ def _parse_bool(raw: str) -> bool:
     return raw.strip().lower() not in _FALSE
 
 
+def _parse_object(raw: str) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
 # Celery settings the Terraform module passes per pool as environment; install() applies them.
 ENV_CELERY_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CELERY_TASK_ACKS_LATE": ("task_acks_late", _parse_bool),
     "CELERY_WORKER_PREFETCH_MULTIPLIER": ("worker_prefetch_multiplier", int),
     "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": ("worker_soft_shutdown_timeout", float),
+    # SQS: region, queue_name_prefix, visibility_timeout and predefined_queues (the module's queues).
+    "CELERY_BROKER_TRANSPORT_OPTIONS": ("broker_transport_options", _parse_object),
 }
 
 
@@ -642,11 +652,14 @@ def settings_warnings(app: Celery, settings: WorkerSettings, environ: Mapping[st
             f"worker_prefetch_multiplier={prefetch} with tasks that run {limit}: prefetched messages wait behind long "
             "tasks and keep a protected worker busy; set worker_prefetch_multiplier=1 for long tasks"
         )
-    visibility = float(conf.broker_transport_options.get("visibility_timeout", REDIS_DEFAULT_VISIBILITY_TIMEOUT_S))
     broker = str(conf.broker_url or "")
-    if acks_late and broker.startswith(("redis", "rediss", "sentinel")) and longest > visibility:
+    sqs = broker.startswith("sqs")
+    default = SQS_DEFAULT_VISIBILITY_TIMEOUT_S if sqs else REDIS_DEFAULT_VISIBILITY_TIMEOUT_S
+    visibility = float(conf.broker_transport_options.get("visibility_timeout", default))
+    if acks_late and (sqs or broker.startswith(("redis", "rediss", "sentinel"))) and longest > visibility:
+        name = "SQS" if sqs else "Redis"
         warnings.append(
-            f"task_acks_late=True with tasks that run {limit} and visibility_timeout={visibility:.0f} s: Redis "
+            f"task_acks_late=True with tasks that run {limit} and visibility_timeout={visibility:.0f} s: {name} "
             "redelivers still-running tasks after visibility_timeout, so they run twice"
         )
     return warnings

@@ -13,6 +13,9 @@ from celery_autoscaler.sim.engine import PRICES, SimSettings
 from celery_autoscaler.sim.simulate import DEFAULT_POOL, PolicyOutcome, as_json, simulate
 from celery_autoscaler.sim.traces import BUILTIN, ServiceModel, Trace, builtin, read_csv
 
+PROBE_VIEWS: dict[str, float | None] = {"redis": 0.0, "sqs": 60.0, "no-age": None}
+"""``--probe-view`` -> SimSettings.age_lag_s (docs/brokers.md says what each broker shows)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``simulate`` options; the world's defaults are :class:`SimSettings`' (the module's)."""
@@ -45,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--probe-sees-running", action="store_true", help="what-if: the probe also counts running tasks"
+    )
+    parser.add_argument(
+        "--probe-view",
+        choices=sorted(PROBE_VIEWS),
+        default="redis",
+        help="what the broker lets the probe see: redis = counts and the exact age (the worker helper's stamp); "
+        "sqs = the age a minute late (CloudWatch); no-age = no age (RabbitMQ quorum queues, or no stamp)",
     )
     parser.add_argument(
         "--prefetch-multiplier",
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             memory_gb=args.memory_gb,
             acks_late=args.acks_late,
             probe_sees_running=args.probe_sees_running,
+            age_lag_s=PROBE_VIEWS[args.probe_view],
             prefetch_multiplier=args.prefetch_multiplier,
             stop_timeout_s=args.stop_timeout_s,
             scale_in_protection=not args.no_protection,

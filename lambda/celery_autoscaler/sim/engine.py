@@ -93,6 +93,10 @@ class SimSettings:
     prefetch_multiplier: int = 1
     acks_late: bool = True
     probe_sees_running: bool = False
+    age_lag_s: float | None = 0.0
+    """How late the probe sees the oldest waiting task's age: 0 on Redis (the publish-time stamp), 60 on SQS
+    (CloudWatch's one-minute metric: the current head's age as it was then), ``None`` for no age at all
+    (RabbitMQ quorum queues, or RabbitMQ without the stamp). Counts are seen at once on every broker."""
     stop_timeout_s: float = 120.0
     stop_signal_s: tuple[float, float] = (0.5, 2.0)
     scale_in_protection: bool = True
@@ -496,11 +500,14 @@ def run_pool(
             k += 1
             tk = ticks[k]
             in_flight = n_reserved + n_running if sees_running else n_reserved
+            age_at = None if settings.age_lag_s is None else t - settings.age_lag_s
             load = PoolLoad(
                 waiting=len(queue),
                 in_flight=in_flight,
                 unacked_total=in_flight,
-                oldest_age_s=t - enqueue_s[queue[0]] if queue else None,
+                oldest_age_s=None
+                if age_at is None or not queue or enqueue_s[queue[0]] > age_at
+                else age_at - enqueue_s[queue[0]],
                 measured_at=t,
             )
             wanted, state = policy(PoolMeasurements(current_desired=desired, running=n_up, load=load), state, t)
