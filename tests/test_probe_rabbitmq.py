@@ -329,7 +329,13 @@ class FakeManagement(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, status: int = 200, body: bytes = b"[]", *, delay_s: float = 0.0, close_after_answer: bool = False
+        self,
+        status: int = 200,
+        body: bytes = b"[]",
+        *,
+        delay_s: float = 0.0,
+        close_after_answer: bool = False,
+        age_status: int | None = None,
     ) -> None:
         self.status, self.body, self.delay_s = status, body, delay_s
         self.connections = 0
@@ -346,7 +352,8 @@ class FakeManagement(http.server.ThreadingHTTPServer):
             def do_GET(self) -> None:
                 server.paths.append(self.path)
                 time.sleep(server.delay_s)
-                self.send_response(server.status)
+                ages = "columns=" in self.path  # the stats-mode request for head ages
+                self.send_response(age_status if ages and age_status is not None else server.status)
                 self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
                 self.wfile.write(server.body)
@@ -406,6 +413,17 @@ def test_a_queue_without_integer_counts_is_unreadable_alone() -> None:
     ok = measured.queues["ok"]
     assert (ok.waiting, ok.unacked, ok.error) == (3, 1, None)
     assert measured.unacked_total == 1
+
+
+def test_a_failed_age_request_leaves_the_counts_and_only_the_ages_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    listing = [row("a", 4, 1, type="classic", head_message_timestamp=int(time.time()) - 60)]
+    with FakeManagement(body=json.dumps(listing).encode()) as server:
+        assert server.probe().measure(["a"]).queues["a"].oldest_age_s is not None  # the same answer serves ages
+    with FakeManagement(body=json.dumps(listing).encode(), age_status=503) as server:
+        a = server.probe().measure(["a"]).queues["a"]
+        assert len(server.paths) == 2
+    assert (a.waiting, a.unacked, a.oldest_age_s, a.error) == (4, 1, None, None)
+    assert any("ages unknown" in r.getMessage() and "503" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(

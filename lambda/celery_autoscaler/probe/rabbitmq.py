@@ -28,7 +28,8 @@ What the numbers mean on RabbitMQ:
   upper bound: the head includes messages a worker holds unacked, stats lag 5-10 s, a priority
   queue reports the head of its highest non-empty priority, and an unstamped head hides stamped
   messages behind it. It is ``None`` for an empty queue, an unstamped head and quorum queues (which
-  do not report the field).
+  do not report the field), and for every queue on a tick where that second request fails (the counts
+  still stand: age only ever adds workers).
 - ``declared`` is whether the queue exists in the vhost. A configured queue missing from the
   listing holds nothing (RabbitMQ drops messages routed nowhere): it is measured as empty and
   logged as not declared. ``completed`` and ``run_seconds`` are ``None`` (the worker helper's
@@ -165,7 +166,10 @@ class RabbitMQProbe:
         unacked_total = sum(n for row in rows.values() if (n := _count(row, "messages_unacknowledged")) is not None)
         ages: dict[str, float | None] = {}
         if any(self._ages_wanted(rows.get(q)) for q in queues):
-            ages = self._ages(now)
+            try:
+                ages = self._ages(now)
+            except BrokerUnavailableError as exc:  # the counts were read: only the ages are unknown
+                log.warning("queue ages unknown this tick: %s", exc)
         result = {queue: self._queue(queue, rows.get(queue), ages) for queue in queues}
         self._warned &= {q for q, m in result.items() if m.declared is False or m.error is not None}
         return BrokerMeasurements(queues=result, unacked_total=unacked_total, measured_at=now)
