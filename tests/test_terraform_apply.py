@@ -21,12 +21,15 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 from emulator import REGION, EmulatorProcess, provider_override
 
 from celery_autoscaler.config import ScalerConfig, parse_config
+from celery_autoscaler.probe import probe_for
+from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.probe.sqs import sqs_queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +180,22 @@ def check_sqs_queues(config: ScalerConfig, urls: list[str]) -> None:
     assert expected <= names, f"SQS queues {sorted(names)} lack {sorted(expected - names)}"
 
 
+def check_rabbitmq_secret(endpoint: str, config: ScalerConfig) -> None:
+    """A module-made Amazon MQ broker: the secret is its amqps:// URL and the scaler reads its console's API."""
+    assert config.broker.url_secret_arn is not None
+    secret = aws(endpoint, "secretsmanager").get_secret_value(SecretId=config.broker.url_secret_arn)["SecretString"]
+    broker = aws(endpoint, "mq").describe_broker(
+        BrokerId=aws(endpoint, "mq").list_brokers()["BrokerSummaries"][0]["BrokerId"]
+    )
+    host = urlsplit(broker["BrokerInstances"][0]["Endpoints"][0]).netloc
+    parts = urlsplit(secret)
+    assert (parts.scheme, f"{parts.hostname}:{parts.port}", parts.path) == ("amqps", host, "//")
+    assert parts.username == "celery"  # the broker's own user
+    assert parts.password, "and its generated password"
+    assert config.broker.management_url == broker["BrokerInstances"][0]["ConsoleURL"]
+    assert isinstance(probe_for(config.broker, secret), RabbitMQProbe)
+
+
 def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str, Any]:
     """The whole cycle for one example; returns what was measured (for printing)."""
     baseline = inventory(endpoint)  # what a fresh emulator already holds (the default VPC's parts)
@@ -200,6 +219,8 @@ def apply_plan_destroy(example: Path, tmp_path: Path, endpoint: str) -> dict[str
         assert parse_config(outputs["scaler_config"]["value"]) == config
     if config.broker.url == "sqs://":
         check_sqs_queues(config, created.get("sqs_queues", []))
+    if "mq_brokers" in created:
+        check_rabbitmq_secret(endpoint, config)
 
     # Do what the scaler does (set each pool's desired count): Terraform must not want it back.
     ecs = aws(endpoint, "ecs")
