@@ -256,18 +256,18 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.concurrency >= 1 && floor(p.concurrency) == p.concurrency])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].concurrency (${p.concurrency})" if !(p.concurrency >= 1 && floor(p.concurrency) == p.concurrency)])} must be a whole number >= 1."
+    condition     = alltrue([for p in var.worker_pools : p.concurrency >= 1 && p.concurrency <= 10000 && floor(p.concurrency) == p.concurrency])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].concurrency (${p.concurrency})" if !(p.concurrency >= 1 && p.concurrency <= 10000 && floor(p.concurrency) == p.concurrency)])} must be a whole number from 1 to 10000."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.min_workers (${p.scaling.min_workers})" if !(p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers)])} must be a whole number >= 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.min_workers >= 0 && p.scaling.min_workers <= 5000 && floor(p.scaling.min_workers) == p.scaling.min_workers])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.min_workers (${p.scaling.min_workers})" if !(p.scaling.min_workers >= 0 && p.scaling.min_workers <= 5000 && floor(p.scaling.min_workers) == p.scaling.min_workers)])} must be a whole number from 0 to 5000 (ECS's tasks per service)."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers})" if !(p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers)])} must be a whole number >= 1."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.max_workers >= 1 && p.scaling.max_workers <= 5000 && floor(p.scaling.max_workers) == p.scaling.max_workers])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers})" if !(p.scaling.max_workers >= 1 && p.scaling.max_workers <= 5000 && floor(p.scaling.max_workers) == p.scaling.max_workers)])} must be a whole number from 1 to 5000 (ECS's tasks per service)."
   }
 
   validation {
@@ -276,13 +276,13 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_backlog_per_worker (${p.scaling.target_backlog_per_worker})" if !(p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0 && p.scaling.target_backlog_per_worker <= 1000000, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_backlog_per_worker (${p.scaling.target_backlog_per_worker})" if !(p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0 && p.scaling.target_backlog_per_worker <= 1000000, false))])}, when set, must be in (0, 1000000]."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_latency_s (${p.scaling.target_latency_s})" if !(p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0 && p.scaling.target_latency_s <= 86400, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.target_latency_s (${p.scaling.target_latency_s})" if !(p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0 && p.scaling.target_latency_s <= 86400, false))])}, when set, must be in (0, 86400] seconds."
   }
 
   validation {
@@ -331,8 +331,8 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_scale_out_step (${p.scaling.max_scale_out_step})" if !(p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false))])}, when set, must be a whole number >= 1."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && p.scaling.max_scale_out_step <= 5000 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.max_scale_out_step (${p.scaling.max_scale_out_step})" if !(p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && p.scaling.max_scale_out_step <= 5000 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false))])}, when set, must be a whole number from 1 to 5000."
   }
 
   validation {
@@ -341,13 +341,23 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.scale_in_window_s/idle_window_s (${p.scaling.scale_in_window_s}/${p.scaling.idle_window_s})" if !(p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0)])} must be >= 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.scale_in_window_s >= 0 && p.scaling.scale_in_window_s <= 3600])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.scale_in_window_s (${p.scaling.scale_in_window_s})" if !(p.scaling.scale_in_window_s >= 0 && p.scaling.scale_in_window_s <= 3600)])} must be from 0 to 3600 seconds (the state item keeps every recommendation of the window)."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.scaling.stale_after_s > 0])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.stale_after_s (${p.scaling.stale_after_s})" if !(p.scaling.stale_after_s > 0)])} must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.scaling.scale_in_window_s <= 4000 * var.scaler.tick_interval_s])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.scale_in_window_s (${p.scaling.scale_in_window_s})" if !(p.scaling.scale_in_window_s <= 4000 * var.scaler.tick_interval_s)])} must be at most 4000 ticks of scaler.tick_interval_s (${var.scaler.tick_interval_s} s): the state item keeps one recommendation per tick."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.idle_window_s >= 0 && p.scaling.idle_window_s <= 86400])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.idle_window_s (${p.scaling.idle_window_s})" if !(p.scaling.idle_window_s >= 0 && p.scaling.idle_window_s <= 86400)])} must be from 0 to 86400 seconds."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.stale_after_s > 0 && p.scaling.stale_after_s <= 3600])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.stale_after_s (${p.scaling.stale_after_s})" if !(p.scaling.stale_after_s > 0 && p.scaling.stale_after_s <= 3600)])} must be in (0, 3600] seconds."
   }
 
   validation {
@@ -366,13 +376,13 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.lead_s >= 0]]))
-    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].lead_s (${w.lead_s})" if !(w.lead_s >= 0)]]))} must be >= 0: the seconds before each occurrence at which the minimum starts."
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.lead_s >= 0 && w.lead_s <= 86400]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].lead_s (${w.lead_s})" if !(w.lead_s >= 0 && w.lead_s <= 86400)]]))} must be from 0 to 86400: the seconds before each occurrence at which the minimum starts."
   }
 
   validation {
-    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.duration_s > 0]]))
-    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].duration_s (${w.duration_s})" if !(w.duration_s > 0)]]))} must be > 0: the window would end before it starts (it lasts duration_s after each occurrence)."
+    condition     = alltrue(flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : w.duration_s > 0 && w.duration_s <= 604800]]))
+    error_message = "${join(", ", flatten([for n, p in var.worker_pools : [for i, w in p.scaling.schedules : "worker_pools[\"${n}\"].scaling.schedules[${i}].duration_s (${w.duration_s})" if !(w.duration_s > 0 && w.duration_s <= 604800)]]))} must be in (0, 604800] (a week): it lasts duration_s after each occurrence."
   }
 
   validation {
@@ -381,8 +391,8 @@ variable "worker_pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false))])}, when set, must be in (0, 604800] seconds (a week)."
   }
 }
 
@@ -602,13 +612,18 @@ variable "broker" {
   }
 
   validation {
-    condition     = var.broker.unacked_scan_interval_s >= 0 && var.broker.unacked_scan_cap >= 0 && floor(var.broker.unacked_scan_cap) == var.broker.unacked_scan_cap
-    error_message = "broker.unacked_scan_interval_s must be >= 0 and broker.unacked_scan_cap a whole number >= 0."
+    condition     = var.broker.unacked_scan_interval_s >= 0 && var.broker.unacked_scan_interval_s <= 3600
+    error_message = "broker.unacked_scan_interval_s (${var.broker.unacked_scan_interval_s}) must be from 0 to 3600 seconds."
   }
 
   validation {
-    condition     = var.broker.socket_timeout_s > 0
-    error_message = "broker.socket_timeout_s must be > 0."
+    condition     = var.broker.unacked_scan_cap >= 0 && var.broker.unacked_scan_cap <= 1000000 && floor(var.broker.unacked_scan_cap) == var.broker.unacked_scan_cap
+    error_message = "broker.unacked_scan_cap (${var.broker.unacked_scan_cap}) must be a whole number from 0 to 1000000."
+  }
+
+  validation {
+    condition     = var.broker.socket_timeout_s > 0 && var.broker.socket_timeout_s <= 60
+    error_message = "broker.socket_timeout_s (${var.broker.socket_timeout_s}) must be in (0, 60] seconds."
   }
 
 
@@ -728,8 +743,13 @@ variable "scaler" {
   }
 
   validation {
-    condition     = var.scaler.tick_interval_s > 0 && var.scaler.ticks_per_invocation >= 1 && floor(var.scaler.ticks_per_invocation) == var.scaler.ticks_per_invocation
-    error_message = "scaler.tick_interval_s must be > 0 and scaler.ticks_per_invocation a whole number >= 1."
+    condition     = var.scaler.tick_interval_s > 0 && var.scaler.tick_interval_s <= 900
+    error_message = "scaler.tick_interval_s (${var.scaler.tick_interval_s}) must be in (0, 900] seconds (a Lambda runs at most 900 s)."
+  }
+
+  validation {
+    condition     = var.scaler.ticks_per_invocation >= 1 && var.scaler.ticks_per_invocation <= 900 && floor(var.scaler.ticks_per_invocation) == var.scaler.ticks_per_invocation
+    error_message = "scaler.ticks_per_invocation (${var.scaler.ticks_per_invocation}) must be a whole number from 1 to 900."
   }
 
   validation {
@@ -816,7 +836,7 @@ variable "monitoring" {
   }
 
   validation {
-    condition     = var.monitoring.oldest_task_age_alarm_s > 0
-    error_message = "monitoring.oldest_task_age_alarm_s must be > 0."
+    condition     = var.monitoring.oldest_task_age_alarm_s > 0 && var.monitoring.oldest_task_age_alarm_s <= 604800
+    error_message = "monitoring.oldest_task_age_alarm_s (${var.monitoring.oldest_task_age_alarm_s}) must be in (0, 604800] seconds (a week)."
   }
 }

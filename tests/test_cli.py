@@ -199,6 +199,23 @@ def test_evaluate_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert "--config" in missing.stderr
 
 
+def test_evaluate_bad_broker_url_exits_2_without_printing_it(tmp_path: Path, env: dict[str, str]) -> None:
+    bad = "redis://:hunter2@127.0.0.1:70000/0"
+    run = cli("evaluate", "--config", str(write_config(tmp_path, broker_url=bad)), env=env)
+    assert run.returncode == 2
+    assert "broker.url: port must be a number from 1 to 65535" in run.stderr
+    secrets = client("secretsmanager", env["AWS_ENDPOINT_URL"])
+    arn = secrets.create_secret(Name="celery/bad-broker", SecretString=bad)["ARN"]
+    config = write_config(tmp_path)
+    doc = json.loads(config.read_text())
+    doc["broker"] = {"url_secret_arn": arn}
+    config.write_text(json.dumps(doc))
+    run = cli("evaluate", "--config", str(config), env=env)
+    assert run.returncode == 2
+    assert f"broker.url_secret_arn: secret {arn} does not hold a valid broker URL: port must be" in run.stderr
+    assert "hunter2" not in run.stdout + run.stderr
+
+
 def test_help_lists_subcommands_and_exit_codes() -> None:
     assert {add.__name__ for add in SUBCOMMANDS} >= {"add_measure", "add_evaluate"}
     run = subprocess.run(

@@ -195,6 +195,31 @@ def test_unusable_secret_names_the_field_without_leaking_it(monkeypatch: pytest.
         lambda_handler({}, Context())
 
 
+@pytest.mark.usefixtures("aws")
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("redis://:hunter2@redis.internal:70000/0", "port must be a number from 1 to 65535"),
+        ("rediss://:hunter2@redis.internal:6379/db1", "db must be a whole number"),
+        ('{"url": "redis://:hunter2@:6379/0"}', "has no host"),
+        ("redis://:hunter2 @redis.internal:6379/0", "must be a URL without whitespace"),
+    ],
+)
+def test_bad_url_in_the_secret_fails_cold_start_naming_the_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str, problem: str
+) -> None:
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    arn = secrets.create_secret(Name="celery/broker", SecretString=value)["ARN"]
+    doc = config_doc()
+    doc["broker"] = {"url_secret_arn": arn}
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(doc))
+    with pytest.raises(ConfigError) as failure:
+        runtime()
+    assert failure.value.field == "broker.url_secret_arn"
+    assert f"secret {arn} does not hold a valid broker URL: {problem}" in failure.value.message
+    assert "hunter2" not in str(failure.value) + "".join(capsys.readouterr())
+
+
 @dataclass
 class FakeTime:
     """A clock that only moves when the handler sleeps or a tick takes time: no real waiting."""

@@ -1140,3 +1140,285 @@ run "sqs_max_receive_count_range" {
 
   expect_failures = [var.broker]
 }
+
+################################################################################
+# Upper bounds (the scaler's, docs: the Configuration field reference) and non-finite numbers
+################################################################################
+
+# Every bound itself is accepted, here and by the scaler (tests/test_config.py reads these values).
+run "settings_at_their_upper_bounds" {
+  command = plan
+
+  variables {
+    worker_pools = {
+      default = {
+        image                   = "app:1"
+        queues                  = ["celery"]
+        concurrency             = 10000
+        oldest_task_age_alarm_s = 604800
+        scaling = {
+          min_workers               = 5000
+          max_workers               = 5000
+          target_backlog_per_worker = 1000000
+          target_latency_s          = 86400
+          target_utilisation        = 1
+          max_scale_out_step        = 5000
+          max_scale_in_percent      = 100
+          scale_in_window_s         = 3600
+          idle_window_s             = 86400
+          stale_after_s             = 3600
+          fallback_count            = 5000
+        }
+      }
+    }
+    broker     = { unacked_scan_interval_s = 3600, unacked_scan_cap = 1000000, socket_timeout_s = 60 }
+    scaler     = { tick_interval_s = 900, ticks_per_invocation = 1, timeout = 900 }
+    monitoring = { oldest_task_age_alarm_s = 604800 }
+  }
+
+  assert {
+    condition     = output.scaler_config.pools.default.max_workers == 5000 && output.scaler_config.pools.default.scale_in_window_s == 3600 && output.scaler_config.tick_interval_s == 900
+    error_message = "Settings at their bounds reach the scaler's config."
+  }
+}
+
+run "pool_concurrency_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], concurrency = 10001 } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_min_workers_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { min_workers = 5001, max_workers = 5000 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_max_workers_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { max_workers = 5001 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_target_backlog_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { target_backlog_per_worker = 1000001 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_target_latency_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { target_latency_s = 86401 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_max_scale_out_step_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { max_scale_out_step = 5001 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_scale_in_window_negative" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { scale_in_window_s = -1 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_scale_in_window_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { scale_in_window_s = 3601 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_scale_in_window_infinite" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { scale_in_window_s = 1 / 0 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_scale_in_window_above_4000_ticks" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { scale_in_window_s = 2001 } } }
+    scaler       = { tick_interval_s = 0.5 }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_idle_window_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { idle_window_s = 86401 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_stale_after_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { stale_after_s = 3601 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_age_alarm_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], oldest_task_age_alarm_s = 604801 } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "broker_unacked_scan_interval_negative" {
+  command = plan
+
+  variables {
+    broker = { unacked_scan_interval_s = -1 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_unacked_scan_interval_above_bound" {
+  command = plan
+
+  variables {
+    broker = { unacked_scan_interval_s = 3601 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_unacked_scan_cap_above_bound" {
+  command = plan
+
+  variables {
+    broker = { unacked_scan_cap = 1000001 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_unacked_scan_cap_huge" {
+  command = plan
+
+  variables {
+    broker = { unacked_scan_cap = pow(10, 30) }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "broker_socket_timeout_above_bound" {
+  command = plan
+
+  variables {
+    broker = { socket_timeout_s = 61 }
+  }
+
+  expect_failures = [var.broker]
+}
+
+run "scaler_tick_interval_zero" {
+  command = plan
+
+  variables {
+    scaler = { tick_interval_s = 0 }
+  }
+
+  expect_failures = [var.scaler]
+}
+
+run "scaler_tick_interval_above_bound" {
+  command = plan
+
+  variables {
+    scaler = { tick_interval_s = 901, ticks_per_invocation = 1, timeout = 900 }
+  }
+
+  expect_failures = [var.scaler]
+}
+
+run "scaler_ticks_above_bound" {
+  command = plan
+
+  variables {
+    scaler = { tick_interval_s = 0.5, ticks_per_invocation = 901, timeout = 900 }
+  }
+
+  expect_failures = [var.scaler]
+}
+
+run "monitoring_age_alarm_above_bound" {
+  command = plan
+
+  variables {
+    monitoring = { oldest_task_age_alarm_s = 604801 }
+  }
+
+  expect_failures = [var.monitoring]
+}
+
+run "pool_schedule_lead_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 9 * * *", lead_s = 86401, min_workers = 2, duration_s = 600 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_schedule_duration_above_bound" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { schedules = [{ cron = "0 9 * * *", min_workers = 2, duration_s = 604801 }] } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}

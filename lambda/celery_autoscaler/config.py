@@ -8,16 +8,23 @@ fails loudly with the dotted path of the field instead of mis-scaling later.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, urlsplit
 
 from celery_autoscaler.schedules import CronError, Schedule, parse_cron, time_zone
 
 DEFAULT_PRIORITY_SEP = "\x06\x16"
 DEFAULT_PUBLISH_TIME_HEADER = "x_published_at"
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]{1,200}$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:@\-]{1,200}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+"""Safe as a DynamoDB key, a CloudWatch dimension value and a log field; every module pool name fits."""
+_SECRET_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+")
+_METRICS_NAMESPACE = re.compile(r"[^:]{1,255}")
 
 
 class ConfigError(ValueError):
@@ -26,6 +33,88 @@ class ConfigError(ValueError):
     def __init__(self, field_path: str, message: str) -> None:
         super().__init__(f"{field_path}: {message}")
         self.field = field_path
+        self.message = message
+
+
+# --- broker URLs ---------------------------------------------------------------------------------
+
+
+_MAX_REDIS_DB = 2**31 - 1
+
+
+def _any_path(path: str, query: dict[str, list[str]]) -> str | None:
+    return None
+
+
+def _redis_path(path: str, query: dict[str, list[str]]) -> str | None:
+    """Redis selects a database by the path (``/2``) or ``?db=2``: a non-negative integer."""
+    dbs = [path[1:]] if path not in ("", "/") else []
+    dbs += query.get("db", [])
+    for db in dbs:
+        if not (db.isascii() and db.isdigit() and len(db) <= 10 and int(db) <= _MAX_REDIS_DB):
+            return f"db must be a whole number from 0 to {_MAX_REDIS_DB} (the path /N or ?db=N)"
+    return None
+
+
+@dataclass(frozen=True)
+class BrokerScheme:
+    """How URLs of one scheme are checked; a new broker is one entry in :data:`BROKER_SCHEMES`."""
+
+    default_port: int | None
+    host_required: bool = True
+    check_path: Callable[[str, dict[str, list[str]]], str | None] = _any_path
+    """The problem with the path and query in words (never quoting them), or None."""
+
+
+BROKER_SCHEMES: dict[str, BrokerScheme] = {
+    "redis": BrokerScheme(default_port=6379, check_path=_redis_path),
+    "rediss": BrokerScheme(default_port=6379, check_path=_redis_path),
+    # The path is the RabbitMQ vhost ("//" is "/").
+    "amqp": BrokerScheme(default_port=5672),
+    "amqps": BrokerScheme(default_port=5671),
+    # kombu's SQS: "sqs://" or "sqs://KEY:SECRET@" (the environment's endpoint), or an endpoint host.
+    "sqs": BrokerScheme(default_port=None, host_required=False),
+}
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """The checked parts of a broker URL (no credentials: the URL itself is never logged)."""
+
+    scheme: str
+    host: str
+    port: int | None
+
+
+def parse_broker_url(url: str, field_path: str) -> BrokerUrl:
+    """Check ``url`` against its scheme's rules, or raise :class:`ConfigError` without quoting it."""
+    if url == "" or any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(field_path, "must be a URL without whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [IPv6] host
+        raise ConfigError(field_path, "cannot be parsed as a URL") from None
+    name = parts.scheme if "://" in url else ""
+    scheme = BROKER_SCHEMES.get(name)
+    if scheme is None:
+        given = f"{name}://" if name else "(none)"
+        supported = ", ".join(f"{known}://" for known in sorted(BROKER_SCHEMES))
+        raise ConfigError(field_path, f"unsupported scheme {given} (supported: {supported})")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is None:
+        port = scheme.default_port
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(field_path, "port must be a number from 1 to 65535")
+    host = parts.hostname or ""
+    if scheme.host_required and host == "":
+        raise ConfigError(field_path, "has no host")
+    problem = scheme.check_path(parts.path, parse_qs(parts.query))
+    if problem is not None:
+        raise ConfigError(field_path, problem)
+    return BrokerUrl(scheme=parts.scheme, host=host, port=port)
 
 
 @dataclass(frozen=True)
@@ -147,8 +236,68 @@ _TOP_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _typed(raw: dict[str, Any], schema: dict[str, type | tuple[type, ...]], path: str) -> dict[str, Any]:
-    """Reject unknown keys and wrong types (bool is not an int here); null means 'use the default'."""
+@dataclass(frozen=True)
+class _Range:
+    """Where a number may lie; ``low_open`` excludes ``low`` itself."""
+
+    low: int
+    high: int
+    low_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float):
+            return False
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def __str__(self) -> str:
+        if self.low_open:
+            return f"in ({self.low}, {self.high}]"
+        return f"from {self.low} to {self.high}"
+
+
+MAX_WORKERS = 5000
+"""ECS runs at most 5000 tasks per service."""
+DAY_S = 86_400
+WEEK_S = 7 * DAY_S
+MAX_WINDOW_TICKS = 4000
+"""The state item keeps one recommendation per tick of the scale-in window: 4000 stay near 120 KB (DynamoDB: 400 KB)."""
+
+_BROKER_RANGES = {
+    "unacked_scan_interval_s": _Range(0, 3600),
+    "unacked_scan_cap": _Range(0, 1_000_000),
+    "socket_timeout_s": _Range(0, 60, low_open=True),
+}
+_POOL_RANGES = {
+    "concurrency": _Range(1, 10_000),
+    "min_workers": _Range(0, MAX_WORKERS),
+    "max_workers": _Range(1, MAX_WORKERS),
+    "target_utilisation": _Range(0, 1, low_open=True),
+    "target_backlog_per_worker": _Range(0, 1_000_000, low_open=True),
+    "target_latency_s": _Range(0, DAY_S, low_open=True),
+    "max_scale_out_step": _Range(1, MAX_WORKERS),
+    "max_scale_in_percent": _Range(0, 100, low_open=True),
+    "scale_in_window_s": _Range(0, 3600),
+    "idle_window_s": _Range(0, DAY_S),
+    "stale_after_s": _Range(0, 3600, low_open=True),
+    "fallback_count": _Range(0, MAX_WORKERS),
+}
+_TOP_RANGES = {
+    "tick_interval_s": _Range(0, 900, low_open=True),
+    "ticks_per_invocation": _Range(1, 900),
+}
+
+
+def _typed(
+    raw: dict[str, Any],
+    schema: dict[str, type | tuple[type, ...]],
+    ranges: dict[str, _Range],
+    path: str,
+) -> dict[str, Any]:
+    """Reject unknown keys, wrong types (bool is not an int here) and numbers out of range.
+
+    ``null`` means 'use the default'. Only finite numbers pass, and big integers are refused by
+    their range before anything converts them to float.
+    """
     prefix = f"{path}." if path else ""
     for key, value in raw.items():
         if key not in schema:
@@ -160,6 +309,10 @@ def _typed(raw: dict[str, Any], schema: dict[str, type | tuple[type, ...]], path
         if is_bool_for_number or not isinstance(value, expected):
             names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
             raise ConfigError(f"{prefix}{key}", f"must be {names}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key}", "must be a finite number")
+        if key in ranges and value not in ranges[key]:
+            raise ConfigError(f"{prefix}{key}", f"must be {ranges[key]}")
     return {k: v for k, v in raw.items() if v is not None}
 
 
@@ -169,36 +322,34 @@ def _require(condition: bool, field_path: str, message: str) -> None:
 
 
 def _broker(raw: dict[str, Any]) -> BrokerConfig:
-    values = _typed(raw, _BROKER_FIELDS, "broker")
+    values = _typed(raw, _BROKER_FIELDS, _BROKER_RANGES, "broker")
     broker = BrokerConfig(**values)
     has_url, has_secret = broker.url is not None, broker.url_secret_arn is not None
     _require(has_url != has_secret, "broker.url", "give exactly one of broker.url and broker.url_secret_arn")
     if broker.url is not None:
-        _require(
-            broker.url.startswith(("redis://", "rediss://", "amqp://", "amqps://", "sqs://")),
-            "broker.url",
-            "must start with redis://, rediss://, amqp://, amqps:// or sqs://",
-        )
+        parse_broker_url(broker.url, "broker.url")
     if broker.url_secret_arn is not None:
         _require(
-            broker.url_secret_arn.startswith("arn:") and ":secretsmanager:" in broker.url_secret_arn,
+            bool(_SECRET_ARN.fullmatch(broker.url_secret_arn)),
             "broker.url_secret_arn",
-            "must be a Secrets Manager secret ARN",
+            "must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)",
         )
     _require(broker.priority_sep != "", "broker.priority_sep", "must not be empty")
     _require(broker.publish_time_header != "", "broker.publish_time_header", "must not be empty")
-    _require(broker.unacked_scan_interval_s >= 0, "broker.unacked_scan_interval_s", "must be >= 0")
-    _require(broker.unacked_scan_cap >= 0, "broker.unacked_scan_cap", "must be >= 0")
-    _require(broker.socket_timeout_s > 0, "broker.socket_timeout_s", "must be > 0")
     if broker.region is not None:
-        _require(bool(_REGION.match(broker.region)), "broker.region", "must be an AWS region such as eu-west-1")
+        _require(bool(_REGION.fullmatch(broker.region)), "broker.region", "must be an AWS region such as eu-west-1")
     return broker
 
 
 def _pool(name: str, raw: Any) -> PoolConfig:
+    _require(
+        bool(_POOL_NAME.fullmatch(name)),
+        "pools",
+        f"pool name {name!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    )
     path = f"pools.{name}"
     _require(isinstance(raw, dict), path, "must be an object")
-    values = _typed(raw, _POOL_FIELDS, path)
+    values = _typed(raw, _POOL_FIELDS, _POOL_RANGES, path)
     _require("service" in values, f"{path}.service", "is required")
     _require("queues" in values, f"{path}.queues", "is required")
     queues = values.pop("queues")
@@ -206,32 +357,18 @@ def _pool(name: str, raw: Any) -> PoolConfig:
     _require(len(queues) > 0, f"{path}.queues", "must name at least one queue")
     for i, queue in enumerate(queues):
         _require(
-            isinstance(queue, str) and bool(_QUEUE_NAME.match(queue)),
+            isinstance(queue, str) and bool(_QUEUE_NAME.fullmatch(queue)),
             f"{path}.queues[{i}]",
             f"must be a non-empty queue name of letters, digits and _.:@- (got {queue!r})",
         )
     _require(len(set(queues)) == len(queues), f"{path}.queues", "must not repeat a queue")
     pool = PoolConfig(name=name, queues=tuple(queues), schedules=schedules, **values)
     _require(pool.service != "", f"{path}.service", "must not be empty")
-    _require(pool.concurrency >= 1, f"{path}.concurrency", "must be >= 1")
-    _require(pool.min_workers >= 0, f"{path}.min_workers", "must be >= 0")
-    _require(pool.max_workers >= 1, f"{path}.max_workers", "must be >= 1")
     _require(
         pool.min_workers <= pool.max_workers,
         f"{path}.min_workers",
         f"must be <= max_workers ({pool.min_workers} > {pool.max_workers})",
     )
-    _require(0 < pool.target_utilisation <= 1, f"{path}.target_utilisation", "must be in (0, 1]")
-    if pool.target_backlog_per_worker is not None:
-        _require(pool.target_backlog_per_worker > 0, f"{path}.target_backlog_per_worker", "must be > 0")
-    if pool.target_latency_s is not None:
-        _require(pool.target_latency_s > 0, f"{path}.target_latency_s", "must be > 0")
-    if pool.max_scale_out_step is not None:
-        _require(pool.max_scale_out_step >= 1, f"{path}.max_scale_out_step", "must be >= 1")
-    _require(0 < pool.max_scale_in_percent <= 100, f"{path}.max_scale_in_percent", "must be in (0, 100]")
-    _require(pool.scale_in_window_s >= 0, f"{path}.scale_in_window_s", "must be >= 0")
-    _require(pool.idle_window_s >= 0, f"{path}.idle_window_s", "must be >= 0")
-    _require(pool.stale_after_s > 0, f"{path}.stale_after_s", "must be > 0")
     if pool.fallback_count is not None:
         _require(
             pool.min_workers <= pool.fallback_count <= pool.max_workers,
@@ -250,7 +387,7 @@ def _pool(name: str, raw: Any) -> PoolConfig:
 def _schedule(path: str, raw: Any) -> Schedule:
     """One declared window: a cron expression in a time zone, with a minimum, a lead and a duration."""
     _require(isinstance(raw, dict), path, "must be an object")
-    values = _typed(raw, _SCHEDULE_FIELDS, path)
+    values = _typed(raw, _SCHEDULE_FIELDS, {}, path)
     for key in ("cron", "min_workers", "duration_s"):
         _require(key in values, f"{path}.{key}", "is required")
     values.setdefault("name", path.rpartition(".")[2])
@@ -265,18 +402,20 @@ def _schedule(path: str, raw: Any) -> Schedule:
         raise ConfigError(f"{path}.time_zone", f"{exc} (an IANA name such as Europe/Berlin, or UTC)") from exc
     _require(schedule.min_workers >= 1, f"{path}.min_workers", "must be >= 1")
     _require(schedule.lead_s >= 0, f"{path}.lead_s", "must be >= 0 (seconds before each occurrence)")
+    _require(schedule.lead_s <= DAY_S, f"{path}.lead_s", f"must be at most {DAY_S} (a day)")
     _require(
         schedule.duration_s > 0,
         f"{path}.duration_s",
         "must be > 0: the window would end before it starts (it lasts duration_s after each occurrence)",
     )
+    _require(schedule.duration_s <= WEEK_S, f"{path}.duration_s", f"must be at most {WEEK_S} (a week)")
     return schedule
 
 
 def parse_config(raw: Any) -> ScalerConfig:
     """Build a :class:`ScalerConfig` from the decoded JSON document, or raise :class:`ConfigError`."""
     _require(isinstance(raw, dict), "(root)", "must be a JSON object")
-    values = _typed(raw, _TOP_FIELDS, "")
+    values = _typed(raw, _TOP_FIELDS, _TOP_RANGES, "")
     _require("broker" in values, "broker", "is required")
     _require("cluster" in values, "cluster", "is required")
     _require("pools" in values, "pools", "is required")
@@ -295,15 +434,29 @@ def parse_config(raw: Any) -> ScalerConfig:
             seen[queue] = pool.name
     config = ScalerConfig(broker=broker, pools=pools, **values)
     _require(config.cluster != "", "cluster", "must not be empty")
-    _require(config.tick_interval_s > 0, "tick_interval_s", "must be > 0")
-    _require(config.ticks_per_invocation >= 1, "ticks_per_invocation", "must be >= 1")
+    for pool in pools:
+        _require(
+            pool.scale_in_window_s <= MAX_WINDOW_TICKS * config.tick_interval_s,
+            f"pools.{pool.name}.scale_in_window_s",
+            f"must be at most {MAX_WINDOW_TICKS} ticks of tick_interval_s ({config.tick_interval_s:g} s)",
+        )
+    namespace = config.metrics_namespace
+    _require(
+        bool(_METRICS_NAMESPACE.fullmatch(namespace)) and not namespace.startswith("AWS/"),
+        "metrics_namespace",
+        "must be 1-255 characters without ':' and must not start with AWS/",
+    )
     return config
 
 
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number (only finite numbers are allowed)")
+
+
 def load_config(text: str) -> ScalerConfig:
-    """Parse the JSON text of a config document; invalid JSON is a :class:`ConfigError` too."""
+    """Parse the JSON text of a config document; invalid JSON (NaN and Infinity included) is a :class:`ConfigError`."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        raw = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, NaN/Infinity, integers too long to convert
         raise ConfigError("(root)", f"not valid JSON: {exc}") from exc
     return parse_config(raw)

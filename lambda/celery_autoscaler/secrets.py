@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING
 
 from celery_autoscaler.aws import client_config
-from celery_autoscaler.config import BrokerConfig, ConfigError
+from celery_autoscaler.config import BrokerConfig, ConfigError, parse_broker_url
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -18,20 +18,22 @@ if TYPE_CHECKING:
 _FIELD = "broker.url_secret_arn"
 
 
-def _url_from_secret(text: str) -> str:
+def _url_from_secret(text: str, arn: str) -> str:
+    """The URL in the secret's value, checked like ``broker.url``; errors name the secret, never its value."""
     text = text.strip()
     if text.startswith("{"):
         try:
             body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(_FIELD, "secret looks like JSON but does not parse") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(_FIELD, f"secret {arn} looks like JSON but does not parse") from exc
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str):
-            raise ConfigError(_FIELD, 'secret JSON has no string "url" key')
+            raise ConfigError(_FIELD, f'secret {arn} JSON has no string "url" key')
         text = url.strip()
-    if not text.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
-        # Never echo the value: it holds the broker password.
-        raise ConfigError(_FIELD, "secret value is not a redis://, rediss://, amqp:// or amqps:// URL")
+    try:
+        parse_broker_url(text, _FIELD)
+    except ConfigError as exc:
+        raise ConfigError(_FIELD, f"secret {arn} does not hold a valid broker URL: {exc.message}") from None
     return text
 
 
@@ -55,5 +57,7 @@ def broker_url(broker: BrokerConfig, client: SecretsManagerClient | None = None)
     except BotoCoreError as exc:
         raise ConfigError(_FIELD, f"cannot read secret {broker.url_secret_arn}: {exc}") from exc
     if "SecretString" not in response:
-        raise ConfigError(_FIELD, "secret has no string value (binary secrets are not supported)")
-    return _url_from_secret(response["SecretString"])
+        raise ConfigError(
+            _FIELD, f"secret {broker.url_secret_arn} has no string value (binary secrets are not supported)"
+        )
+    return _url_from_secret(response["SecretString"], broker.url_secret_arn)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Protocol
-from urllib.parse import urlsplit
 
-from celery_autoscaler.config import BrokerConfig, ConfigError
+from celery_autoscaler.config import BrokerConfig, ConfigError, parse_broker_url
 from celery_autoscaler.measurements import BrokerMeasurements
 
 MAX_CLOCK_SKEW_S = 300.0
@@ -74,7 +73,7 @@ PROBES: dict[str, Callable[[BrokerConfig, str], Probe]] = {
 
 def probe_for(broker: BrokerConfig, url: str, *, field: str = "broker.url") -> Probe:
     """The probe for ``url``'s scheme. ``field`` names where the URL came from; the URL is never echoed."""
-    scheme = urlsplit(url).scheme.lower()
+    scheme = parse_broker_url(url, field).scheme
     make = PROBES.get(scheme)
     if make is None:
         known = ", ".join(f"{s}://" for s in sorted(PROBES))
