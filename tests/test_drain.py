@@ -12,7 +12,16 @@ from conftest import redis_url_for
 from waiting import wait_until
 
 from celery_autoscaler.config import BrokerConfig
-from celery_autoscaler.drain import MAX_CATCH_UP_S, DrainError, DrainPlan, DrainStatus, RedisDrainer, drainer_for, plan
+from celery_autoscaler.drain import (
+    MAX_CATCH_UP_S,
+    START_GRACE_S,
+    DrainError,
+    DrainPlan,
+    DrainStatus,
+    RedisDrainer,
+    drainer_for,
+    plan,
+)
 from celery_autoscaler.drain_keys import DRAIN_TTL_MS, FRESH_MS, POLL_SCRIPT, WORKERS_TTL_MS, drain_key, workers_key
 
 DB = 12
@@ -38,6 +47,14 @@ def test_pending_tasks_go_without_a_drain() -> None:
     # Ten asked for, three running: ECS stops pending tasks first, so down to what runs at once.
     lowered = plan(2, 10, 3, DrainStatus(workers=3), NOW)
     assert (lowered.desired, lowered.open) == (3, 1)
+
+
+def test_a_lowering_waits_a_while_for_workers_still_starting() -> None:
+    # Four running, three polling: the fourth is starting, unprotected, and ECS could stop it instead.
+    status = DrainStatus(workers=3, active=True, drained=1, since=NOW)
+    assert plan(2, 4, 4, status, NOW + 10).desired == 4
+    assert plan(2, 4, 4, status, NOW + START_GRACE_S).desired == 3, "not for ever (a worker without the helper)"
+    assert plan(2, 6, 4, status, NOW + 10).desired == 4, "pending tasks still go at once"
 
 
 def test_the_drain_ends_once_the_count_no_longer_lowers_and_ecs_caught_up() -> None:
@@ -101,12 +118,13 @@ def test_a_worker_that_stops_polling_counts_for_nothing(redis_db: redis.Redis) -
 
     def forgotten() -> bool:
         alive.poll("drained")
-        return drainer.status(["default"])["default"] == DrainStatus(workers=1, active=True, drained=1)
+        status = drainer.status(["default"])["default"]
+        return (status.workers, status.drained, status.draining) == (1, 1, 0)
 
     wait_until(forgotten, timeout=FRESH_MS / 1000 + 30, what="the silent worker forgotten")
-    assert redis_db.hkeys("_celery_autoscaler.drain.default") == [b"open", b"worker:alive@host"]
+    assert sorted(redis_db.hkeys("_celery_autoscaler.drain.default")) == [b"open", b"since", b"worker:alive@host"]
     assert alive.poll("leave") == (1, "")
-    assert drainer.status(["default"])["default"] == DrainStatus(workers=0, active=True)
+    assert drainer.status(["default"])["default"] == DrainStatus(workers=0, active=True, since=NOW)
 
 
 def test_unreadable_drain_keys_raise_a_drain_error(redis_db: redis.Redis) -> None:

@@ -5,29 +5,42 @@ every process in it. The first test SIGTERMs workers in the middle of tasks 50 t
 continuous load (each stopped worker replaced, like scale-in followed by scale-out) and checks that
 every task ran to completion, none lost, and only a rare task cut by a SIGTERM twice. The second
 shows what each shutdown setting does to a task longer than stopTimeout that is SIGKILLed: the
-numbers the README's "Safe scale-in" quotes.
+numbers the README's "Safe scale-in" quotes. The third scales a pool in and out again and again
+through the real scaler tick and fence and drain, with the demo's task runner playing ECS, on tasks
+longer than the stop timeout: nothing may be killed (docs/safe-scale-in.md).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import random
 import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from apps.worker_keys import AT_SIGTERM, DONE, QUEUE, READY, STARTED
-from apps.workers import WorkerProcess
+from apps.workers import ROOT, TESTS_DIR, WorkerProcess
 from celery import Celery
 from conftest import redis_url_for
+from demo.events import EventLog, read_events
+from demo.runner import Container, TaskRunner
 from waiting import wait_until
 
 from celery_autoscaler import worker as helper
+from celery_autoscaler.config import ScalerConfig, parse_config
+from celery_autoscaler.drain import RedisDrainer
+from celery_autoscaler.ecs import ServiceStatus
+from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.state import InMemoryStateStore
+from celery_autoscaler.tick import PoolOutcome, run_tick
 
 DB = 7
 pytestmark = pytest.mark.redis_db(DB)
@@ -50,11 +63,12 @@ def producer() -> Iterator[Celery]:
 
 
 class Load(threading.Thread):
-    """Publishes tasks of 0.1-0.5 s at a steady rate until stopped; remembers every id it sent."""
+    """Publishes tasks of ``seconds`` (0.1-0.5 s) at a steady rate until stopped; remembers every id it sent."""
 
-    def __init__(self, app: Celery, per_second: float) -> None:
+    def __init__(self, app: Celery, per_second: float, seconds: tuple[float, float] = (0.1, 0.5)) -> None:
         super().__init__(name="load", daemon=True)
         self.app = app
+        self.seconds = seconds
         self.interval = 1.0 / per_second
         self.sent: list[str] = []
         self.stopping = threading.Event()
@@ -64,7 +78,7 @@ class Load(threading.Thread):
         rng = random.Random(DB)
         try:
             while not self.stopping.wait(self.interval):  # pacing the load, not waiting on a worker
-                result = self.app.send_task("apps.worker_app.work", args=[rng.uniform(0.1, 0.5)], queue=QUEUE)
+                result = self.app.send_task("apps.worker_app.work", args=[rng.uniform(*self.seconds)], queue=QUEUE)
                 self.sent.append(result.id)
         except BaseException as exc:  # surfaced by the test
             self.error = exc
@@ -226,3 +240,184 @@ def test_sigkill_after_stop_timeout_of_a_task_longer_than_it(
         assert (starts, completions) == (1, 0)
     else:
         assert (starts, completions) == (2, 1)
+
+
+POOL, SERVICE = "default", "worker-default"
+DRAIN_CYCLES = {"warm": 6, "soft": 3}
+DRAIN_HIGH, DRAIN_LOW = 5, 2  # workers per phase: each cycle is 3 scale-ins
+DRAIN_TASKS_PER_PHASE = 4  # sent before each scale-in, so that it happens while other workers run tasks
+DRAIN_STOP_TIMEOUT_S = 5.0  # shorter than every task, so any task a stopped worker holds is killed
+DRAIN_TASK_S = (6.0, 9.0)
+SHUTDOWN = {
+    "warm": {},
+    "soft": {"REMAP_SIGTERM": "SIGQUIT", "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": "1"},
+}
+
+
+class RunnerEcs:
+    """One ECS service as the demo's task runner reads it and as the scaler's tick acts on it."""
+
+    def __init__(self) -> None:
+        self.desired = 0
+        self.runner: TaskRunner | None = None
+
+    def describe_services(self, cluster: str, services: list[str]) -> dict[str, Any]:
+        """What the runner polls (the boto3 call's shape)."""
+        return {"services": [{"serviceName": s, "desiredCount": self.desired} for s in services]}
+
+    def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
+        assert self.runner is not None
+        view = self.runner.snapshot()[POOL]
+        return {s: ServiceStatus(s, self.desired, view.running, view.pending, "ACTIVE") for s in services}
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.desired = count
+
+
+def pool_config(count: int) -> ScalerConfig:
+    """The scaler's config, the pool pinned to ``count`` workers (min = max): the real policy says ``count``."""
+    pool = {"service": SERVICE, "queues": [QUEUE], "concurrency": 2, "min_workers": count, "max_workers": max(1, count)}
+    return parse_config(
+        {"broker": {"url": BROKER, "unacked_scan_interval_s": 0}, "cluster": "c", "pools": {POOL: pool}}
+    )
+
+
+class Scaler(threading.Thread):
+    """The scaler's real tick (probe, policy, fence and drain) every ``interval_s`` against the runner."""
+
+    def __init__(self, ecs: RunnerEcs, interval_s: float = 2.0) -> None:
+        super().__init__(name="scaler", daemon=True)
+        self.ecs = ecs
+        self.interval_s = interval_s
+        self.target = 0
+        self.outcomes: list[PoolOutcome] = []
+        self.stopping = threading.Event()
+        config = pool_config(0)
+        self.probe = RedisProbe(config.broker, url=BROKER)
+        self.drainer = RedisDrainer(config.broker, url=BROKER)
+        self.store = InMemoryStateStore()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):  # the tick's schedule, not a wait on a result
+            result = run_tick(
+                pool_config(self.target), self.probe, self.ecs, self.store, time.time(), drainer=self.drainer
+            )
+            self.outcomes.extend(result.outcomes)
+
+
+@pytest.mark.parametrize("shutdown", ["warm", "soft"])
+def test_fence_and_drain_scales_in_under_load_without_killing_long_tasks(
+    shutdown: str, producer: Celery, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    """Scale-in after scale-in under load, every task longer than the stop timeout: 0 killed, 0 lost.
+
+    Without the handshake, a worker ECS stops takes a task in the moment between its protection
+    release and the SIGTERM, and that task is killed at the stop timeout (the simulator's 3-38 a day).
+    """
+    cycles = DRAIN_CYCLES[shutdown]
+    env = {
+        **WARM,
+        **SHUTDOWN[shutdown],
+        "CELERY_TASK_ACKS_LATE": "true",
+        "CELERY_AUTOSCALER_POOL": POOL,
+        "CELERY_AUTOSCALER_STOP_TIMEOUT": str(DRAIN_STOP_TIMEOUT_S),
+        "SAFE_RELEASE_AFTER_IDLE_S": "1",
+        "SAFE_VISIBILITY_TIMEOUT_S": "60",
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(ROOT / "lambda")]),
+    }
+    command = (sys.executable, "-m", "celery", "-A", "apps.worker_app", "worker", "-P", "prefork", "-c", "2")
+    command += ("-l", "INFO", "-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat")
+    ecs = RunnerEcs()
+    events = EventLog(tmp_path / "events.jsonl")
+    runner = TaskRunner(
+        ecs,
+        "c",
+        {POOL: SERVICE},
+        {POOL: Container(command, env, DRAIN_STOP_TIMEOUT_S)},
+        events,
+        tmp_path / "workers",
+        start_delay_s=1.0,
+    )
+    ecs.runner = runner
+    scaler = Scaler(ecs)
+    load = Load(producer, per_second=0.4, seconds=DRAIN_TASK_S)
+    started_at = time.monotonic()
+    phases: list[str] = []
+
+    def settled(count: int) -> bool:
+        view = runner.snapshot()[POOL]
+        helpers = scaler.drainer.status([POOL])[POOL].workers
+        return ecs.desired == count and view.running == count and view.stopping == 0 and helpers == count
+
+    try:
+        runner.start()
+        scaler.start()
+        scaler.target = DRAIN_HIGH
+        wait_until(lambda: settled(DRAIN_HIGH), timeout=180, what=f"{DRAIN_HIGH} workers up")
+        load.start()
+        for cycle in range(cycles):
+            for count in (DRAIN_LOW, DRAIN_HIGH):
+                began = time.monotonic()
+                scaler.target = count
+                wait_until(lambda c=count: settled(c), timeout=180, what=f"cycle {cycle}: {count} workers")
+                phases.append(f"  cycle {cycle}: {count} workers after {time.monotonic() - began:.0f} s")
+                if count == DRAIN_HIGH:
+                    sent_before = len(load.sent)
+                    wait_until(
+                        lambda n=sent_before: len(load.sent) >= n + DRAIN_TASKS_PER_PHASE,
+                        timeout=60,
+                        what="more tasks sent",
+                    )
+        load.stopping.set()
+        load.join(timeout=30)
+        assert load.error is None, load.error
+        sent = set(load.sent)
+        wait_until(lambda: sent <= set(_counts(redis_db, DONE)), timeout=300, what="every sent task completed")
+    finally:
+        load.stopping.set()
+        scaler.stopping.set()
+        scaler.join(timeout=60)
+        runner.stop()
+        events.close()
+    elapsed = time.monotonic() - started_at
+
+    happened = read_events(tmp_path / "events.jsonl")
+    killed = [e for e in happened if e["kind"] == "task_killed"]
+    exits = [e for e in happened if e["kind"] == "task_exited"]
+    scale_ins = [e for e in happened if e["kind"] == "task_stopping" and not e.get("at_exit")]
+    drains = [o.drain for o in scaler.outcomes if o.drain is not None and o.drain.drains]
+    busy_at_lowering = [
+        o.measurements.load.in_flight
+        for o in scaler.outcomes
+        if o.drain is not None and o.drain.lowering and o.measurements and o.measurements.load
+    ]
+    done, starts = _counts(redis_db, DONE), _counts(redis_db, STARTED)
+    lost = sum(1 for task_id in sent if task_id not in done)
+    reruns = sum(1 for task_id in sent if starts.get(task_id, 0) > 1)
+    at_sigterm = [entry.decode().rsplit(":", 1) for entry in redis_db.lrange(AT_SIGTERM, 0, -1)]
+    running_at_sigterm = sum(int(count) for _, count in at_sigterm)
+    # A task is killed if its worker was running it when the SIGTERM came and was SIGKILLed after.
+    sigkilled = {e["task"] for e in killed}
+    tasks_killed = sum(int(count) for host, count in at_sigterm if host.split("@")[0] in sigkilled)
+    codes = collections.Counter(e["code"] for e in exits)
+    print(
+        f"\nfence and drain, {shutdown} shutdown, stop timeout {DRAIN_STOP_TIMEOUT_S:g} s, tasks of "
+        f"{DRAIN_TASK_S[0]:g}-{DRAIN_TASK_S[1]:g} s: {len(scale_ins)} scale-ins in {cycles} cycles "
+        f"({DRAIN_HIGH} -> {DRAIN_LOW} -> {DRAIN_HIGH}) in {elapsed:.0f} s; {len(sent)} tasks sent, "
+        f"{tasks_killed} tasks killed, {lost} lost, {reruns} re-run; {running_at_sigterm} tasks running at a "
+        f"SIGTERM (the runner's own stop at the end included); {len(killed)} workers SIGKILLed; "
+        f"most drained at once {max((d.drained for d in drains), default=0)}; tasks in flight at the "
+        f"{len(busy_at_lowering)} lowering ticks {sum(x or 0 for x in busy_at_lowering)} (most "
+        f"{max((x or 0 for x in busy_at_lowering), default=0)}); worker exit codes {codes}"
+    )
+    for line in phases:
+        print(line)
+    assert len(scale_ins) >= cycles * (DRAIN_HIGH - DRAIN_LOW)
+    assert tasks_killed == 0, "a scale-in SIGKILLed a worker that was running a task"
+    assert runner.errors == []
+    assert killed == []
+    assert set(codes) == {0}
+    assert lost == 0
+    assert set(done) == sent
+    assert reruns <= running_at_sigterm, "only a task cut by a shutdown may run twice (Celery's ack race)"
+    assert all(count == 1 for count in done.values()), "no task completed twice"

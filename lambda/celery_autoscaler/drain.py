@@ -26,6 +26,7 @@ from celery_autoscaler.drain_keys import (
     FRESH_MS,
     LOWERED_AT_FIELD,
     OPEN_FIELD,
+    SINCE_FIELD,
     STATUS_SCRIPT,
     drain_key,
     workers_key,
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 MAX_CATCH_UP_S = 60.0
 """A drain whose count was lowered ends this long after, even if ECS still reports more running."""
+START_GRACE_S = 120.0
+"""How long a drain waits for workers ECS runs but that have not polled yet (still starting) before lowering."""
 
 
 class DrainError(Exception):
@@ -53,6 +56,7 @@ class DrainStatus:
     draining: int = 0
     drained: int = 0
     lowered_at: float | None = None
+    since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ def plan(wanted: int, current: int, running: int, status: DrainStatus | None, no
     keep = running - status.drained  # protected: ECS must not be asked to stop one of these
     open_slots = max(0, keep - status.draining - wanted)
     desired = min(current, max(wanted, keep))
+    # A worker still starting is unprotected too and ECS might stop it instead of a drained one
+    # (it holds nothing, but it is a start wasted and the drained worker stays): wait for it a while.
+    starting = running - status.workers
+    young = status.since is None or now - status.since < START_GRACE_S
+    if starting > 0 and young and status.drained > 0:
+        desired = max(desired, min(current, running))
     return DrainPlan(
         desired=desired,
         open=open_slots,
@@ -152,6 +162,7 @@ class RedisDrainer:
             if drain.lowering:
                 fields[LOWERED_AT_FIELD] = repr(now)
             pipe = self.client.pipeline(transaction=True)
+            pipe.hsetnx(key, SINCE_FIELD, repr(now))
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, DRAIN_TTL_MS)
             pipe.execute()
@@ -159,16 +170,21 @@ class RedisDrainer:
             raise DrainError(f"writing the drain of pool {pool!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _time(value: Any) -> float | None:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return float(text) if text else None
+
+
 def _status(row: Sequence[Any]) -> DrainStatus:
-    workers, active, open_slots, draining, drained, lowered_at = row
-    text = lowered_at.decode() if isinstance(lowered_at, bytes) else str(lowered_at)
+    workers, active, open_slots, draining, drained, lowered_at, since = row
     return DrainStatus(
         workers=int(workers),
         active=bool(active),
         open=int(open_slots),
         draining=int(draining),
         drained=int(drained),
-        lowered_at=float(text) if text else None,
+        lowered_at=_time(lowered_at),
+        since=_time(since),
     )
 
 

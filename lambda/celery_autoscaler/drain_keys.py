@@ -8,7 +8,8 @@ names, so neither imports the other. Per pool, under Celery's ``global_keyprefix
   pool without any keeps today's scale-in (no drain).
 - ``_celery_autoscaler.drain.<pool>``: the pool's drain, a hash that exists only while it lasts
   (the scaler refreshes its TTL every tick). Field ``open``: how many more workers may claim a slot;
-  ``lowered_at``: when the scaler last lowered the count in this drain (its clock); ``worker:<hostname>``:
+  ``since``/``lowered_at``: when the drain began and when the scaler last lowered the count in it
+  (the scaler's clock); ``worker:<hostname>``:
   ``draining:<ms>`` (claimed, stopped consuming, still finishing what it held) or ``drained:<ms>``
   (holds nothing, protection released), refreshed at every poll by the Redis server's clock.
 
@@ -21,6 +22,7 @@ DRAIN_KEY = "_celery_autoscaler.drain"
 WORKERS_KEY = "_celery_autoscaler.workers"
 OPEN_FIELD = "open"
 LOWERED_AT_FIELD = "lowered_at"
+SINCE_FIELD = "since"
 WORKER_FIELD_PREFIX = "worker:"
 DRAINING = "draining"
 DRAINED = "drained"
@@ -75,7 +77,7 @@ local fresh = now - tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. fresh)
 local workers = redis.call('ZCARD', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {workers, 0, 0, 0, 0, ''}
+  return {workers, 0, 0, 0, 0, '', ''}
 end
 local drained, draining = 0, 0
 local fields = redis.call('HGETALL', KEYS[1])
@@ -91,10 +93,10 @@ for i = 1, #fields, 2 do
   end
 end
 return {workers, 1, tonumber(redis.call('HGET', KEYS[1], 'open') or '0'), draining, drained,
-        redis.call('HGET', KEYS[1], 'lowered_at') or ''}
+        redis.call('HGET', KEYS[1], 'lowered_at') or '', redis.call('HGET', KEYS[1], 'since') or ''}
 """
 """The scaler's read of one pool, atomically: forget workers and drain entries older than ARGV[1] ms,
-then {fresh workers, drain exists (0/1), open slots, draining, drained, lowered_at or ''}.
+then {fresh workers, drain exists (0/1), open slots, draining, drained, lowered_at or '', since or ''}.
 KEYS: drain hash, workers set.
 """
 

@@ -35,7 +35,7 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 
 from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
-from celery_autoscaler.worker_drain import WorkerDrain
+from celery_autoscaler.worker_drain import SHUTTING_DOWN, WorkerDrain
 
 logger = logging.getLogger("celery_autoscaler.worker")
 
@@ -154,6 +154,7 @@ def install(app: Celery, *, apply_env_settings: bool = True, **arguments: Unpack
     signals.before_task_publish.connect(_stamp_publish_time, weak=False, dispatch_uid="celery_autoscaler.publish_time")
     signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_autoscaler.worker_ready")
     signals.task_received.connect(_on_task_received, weak=False, dispatch_uid="celery_autoscaler.task_received")
+    signals.worker_shutting_down.connect(_on_shutting_down, weak=False, dispatch_uid="celery_autoscaler.shutdown")
     return settings
 
 
@@ -332,6 +333,13 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             _poller.start()
 
 
+def _on_shutting_down(**_: Any) -> None:
+    """In the worker's main process at SIGTERM/SIGQUIT (a signal handler: no I/O here): poll now, to leave a drain."""
+    SHUTTING_DOWN.set()
+    if _poller is not None:
+        _poller.wake()
+
+
 def _task_counters(app: Celery) -> TaskCounters:
     global _counters
     with _start_lock:
@@ -360,9 +368,14 @@ class Poller:
         self.interval_s = interval_s
         self.steps = steps
         self._thread = threading.Thread(target=self._run, name="celery-autoscaler", daemon=True)
+        self._woken = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
+
+    def wake(self) -> None:
+        """Run the steps now instead of at the end of the interval."""
+        self._woken.set()
 
     def _run(self) -> None:
         while True:  # steps first: a worker that starts during a drain takes protection at once
@@ -371,7 +384,8 @@ class Poller:
                     step()
                 except Exception:
                     logger.exception("celery-autoscaler: %s failed", getattr(step, "__qualname__", step))
-            time.sleep(self.interval_s)
+            self._woken.wait(self.interval_s)
+            self._woken.clear()
 
 
 class TaskCounters:

@@ -20,6 +20,7 @@ A broker that cannot be written or a consumer that is not there only logs: tasks
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,6 +32,9 @@ from celery_autoscaler.drain_keys import DRAINED, DRAINING, POLL_SCRIPT, WORKERS
 logger = logging.getLogger("celery_autoscaler.worker")
 
 CONSUMING, CLAIMED, DRAINED_STATE = "consuming", DRAINING, DRAINED
+SHUTTING_DOWN = threading.Event()
+"""Set by the helper's ``worker_shutting_down`` handler, which then wakes the poll: a stopping worker
+leaves at once, so the scaler never counts it as a drained worker that ECS still has to stop."""
 
 
 def holdings() -> int:
@@ -42,7 +46,8 @@ def holdings() -> int:
 
 def shutting_down() -> bool:
     """Celery's warm or cold shutdown has begun (SIGTERM, SIGQUIT): the worker is going anyway."""
-    return worker_state.should_stop not in (None, False) or worker_state.should_terminate not in (None, False)
+    stopping = worker_state.should_stop not in (None, False) or worker_state.should_terminate not in (None, False)
+    return stopping or SHUTTING_DOWN.is_set()
 
 
 class Protection(Protocol):

@@ -21,11 +21,11 @@ What is modelled, and why it matters to the numbers:
 - Fence and drain (``drain``, on for this product's policy): a lowering by k is first a drain
   request for k slots; a ready worker that has held nothing for ``protection_release_s`` (one ECS
   may stop today) claims a free slot at its next poll (within ``drain_poll_s``), stops consuming
-  and drops its protection; every other worker is protected while the drain lasts. Each later tick
-  lowers the desired count by the workers drained since the last one (so ECS can only stop drained
-  workers) and keeps as many slots open as the decision still wants gone; the drain is over once
-  the decision no longer lowers and ECS has stopped what was lowered (a drained worker still up
-  then consumes again).
+  and drops its protection; every other worker is protected while the drain lasts. Each tick sets
+  what the scaler's own :func:`celery_autoscaler.drain.plan` says: never fewer than the running
+  workers not drained (so ECS can only stop pending and drained workers), with as many slots open
+  as the decision still wants gone; the drain is over once the decision no longer lowers and ECS
+  has stopped what was lowered (a drained worker still up then consumes again).
 - The scaler is invoked every minute with jitter and runs ``ticks_per_invocation`` ticks inside it;
   comparison policies run on their own fixed period instead.
 
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.drain import DrainStatus, plan
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 
 # us-east-1 Linux Fargate list prices per hour: (per vCPU, per GB of memory). Spot is about 70 % off x86.
@@ -358,27 +359,21 @@ def run_pool(
         feed(t)
 
     def drain_tick(wanted: int, t: float) -> int:
-        """What the tick sets with the handshake (as ``celery_autoscaler.drain.plan``).
-
-        Never below the running workers that have not drained (those are protected), so ECS can only
-        stop pending and drained ones; slots stay open for the drains still wanted. The drain is over
-        once the decision no longer lowers and ECS has stopped what was lowered.
-        """
+        """What the tick sets with the handshake: the scaler's own :func:`celery_autoscaler.drain.plan`."""
         nonlocal drain_open
         drained = sum(1 for w in alive if w_drain[w] == _DRAINED)
-        if wanted >= desired:
-            if drain_open is not None and n_up <= desired:
+        # Every running worker polls (a simulated worker consumes and polls from the moment it is ready).
+        status = DrainStatus(workers=n_up, active=drain_open is not None, open=drain_open or 0, drained=drained)
+        step = plan(wanted, desired, n_up, status, t)
+        if step.open is None:
+            if drain_open is not None:
                 end_drain(t)
-            elif drain_open is not None:
-                drain_open = 0
-            return wanted
-        keep = n_up - drained
-        drain_open = max(0, keep - wanted)
-        if drain_open:  # every idle worker sees the open slots at its next poll
-            for w in alive:
+        else:
+            drain_open = step.open
+            for w in alive if step.open else ():  # every idle worker sees open slots at its next poll
                 if w_state[w] == _READY and w_drain[w] == _CONSUMING:
                     poll_soon(w, t)
-        return min(desired, max(wanted, keep))
+        return step.desired
 
     def reconcile(t: float) -> None:
         """The ECS service scheduler: start or stop tasks until the live count meets the desired count."""
