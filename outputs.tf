@@ -50,7 +50,7 @@ output "worker_log_group_name" {
 ################################################################################
 
 output "broker_secret_arn" {
-  description = "ARN of the Secrets Manager secret holding the Redis broker URL (the module's own or the one supplied), null on SQS. The URL itself is never an output."
+  description = "ARN of the Secrets Manager secret holding the broker URL (the module's own or the one supplied; Redis or RabbitMQ), null on SQS. The URL itself is never an output."
   value       = local.broker_secret_arn
 }
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Benchmark the probes: time of one tick for 10, 100 and 1000 queues (median of N runs), Redis and RabbitMQ.
+"""Benchmark the probes: time of one tick for 10, 100 and 1000 queues (median of N runs): Redis, RabbitMQ, SQS.
 
 Redis: writes Celery-shaped messages under a fresh key prefix (so it never touches a real queue, even
 on db 0), measures, prints a table and deletes its keys. RabbitMQ: declares the queues in a vhost of
 its own, holds one message of each unacknowledged and, for the second column, publishes stamped
-waiting messages; the vhost is deleted after. A number, not a test: CI never asserts on it.
+waiting messages; the vhost is deleted after. SQS: a moto server on loopback, in a process of its own
+(every GetQueueAttributes is one HTTP request, as on AWS; moto's own time per request is in the numbers,
+SQS's network latency is not). A number, not a test: CI never asserts on it.
 
-    python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21] [--broker redis|rabbitmq|both]
+    python scripts/bench_probe.py [--redis-url redis://127.0.0.1:6379/2] [--runs 21] [--broker redis|rabbitmq|sqs|all]
 
 It starts a redis-server without ``--redis-url``, and always a RabbitMQ node of its own with the
 management plugin, on free loopback ports (tests/brokers.py), and stops them after.
@@ -183,7 +185,7 @@ def main() -> None:
     parser.add_argument("--redis-url", help="a Redis to use (default: a private redis-server, stopped after)")
     parser.add_argument("--runs", type=int, default=21, help="ticks per size; the median is printed")
     parser.add_argument("--messages", type=int, default=3, help="waiting messages per queue")
-    parser.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq", "sqs", "all"), default="all")
     args = parser.parse_args()
     # The benchmark's queues are never declared by a Celery app: the probes' warnings say so for each.
     logging.getLogger("celery_autoscaler").setLevel(logging.ERROR)
@@ -192,15 +194,17 @@ def main() -> None:
 
     redis_ms: dict[int, float] = {}
     with contextlib.ExitStack() as stack:
-        if args.broker != "rabbitmq":
+        if args.broker in ("redis", "all"):
             if args.redis_url is None:
                 args.redis_url = stack.enter_context(RedisServer()).url(2)
             redis_ms = report(args)
-        if args.broker != "redis":
+        if args.broker in ("rabbitmq", "all"):
             node = RabbitNode()
             broker = node.start()
             stack.callback(node.stop)
             report_rabbitmq(args, broker, redis_ms)
+        if args.broker in ("sqs", "all"):
+            report_sqs(args, redis_ms)
 
 
 def report(args: argparse.Namespace) -> dict[int, float]:
@@ -230,6 +234,77 @@ def report_rabbitmq(args: argparse.Namespace, broker: Any, redis_ms: dict[int, f
         print(f"{count:>7} {held_ms:>13.2f} {waiting_ms:>16.2f} {size / 1024:>11.1f} {redis:>14}")
     print("1 unacked: nothing waits, so a tick is ONE request (the live queue listing of the vhost).")
     print("+waiting: classic queues wait, so the tick adds the stats-mode listing for head ages (two requests).")
+
+
+def bench_sqs(endpoint: str, queue_count: int, per_queue: int, runs: int) -> tuple[float, float, float, float]:
+    """(ms of the first tick: GetQueueUrl + GetQueueAttributes each, ms of a tick with URLs cached, the
+    probe's own CPU ms in such a tick, ms of a tick that also reads the ages: one GetMetricData per 500
+    waiting queues)."""
+    import boto3
+
+    from celery_autoscaler.probe.sqs import AGE_REFRESH_S, SqsProbe
+
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=SQS_REGION, **MOTO_KEYS)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+    queues = [f"q{i:04d}" for i in range(queue_count)]
+    urls = [sqs.create_queue(QueueName=f"{prefix}{queue}")["QueueUrl"] for queue in queues]
+    for url in urls:
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "{}"} for i in range(per_queue)])
+    clock = [time.time()]
+    settings = BrokerConfig(region=SQS_REGION, queue_name_prefix=prefix)
+    url = f"sqs://bench:bench@{endpoint.removeprefix('http://')}"
+    probes: list[Any] = []
+    try:
+
+        def first() -> None:
+            probes.append(SqsProbe(settings, url=url, clock=lambda: clock[0]))
+            probes[-1].measure(queues)
+
+        first_ms = median_ms(max(3, runs // 4), first)
+        probe = probes[-1]
+        cached_ms = median_ms(runs, lambda: probe.measure(queues))  # ages read on the first tick: carried
+        cpu = time.process_time()
+        probe.measure(queues)
+        cpu_ms = (time.process_time() - cpu) * 1000
+
+        def with_ages() -> None:
+            clock[0] += AGE_REFRESH_S
+            probe.measure(queues)
+
+        ages_ms = median_ms(max(3, runs // 4), with_ages)
+        return first_ms, cached_ms, cpu_ms, ages_ms
+    finally:
+        for probe in probes:
+            probe.close()
+        for queue_url in urls:
+            sqs.delete_queue(QueueUrl=queue_url)
+        sqs.close()
+
+
+SQS_REGION = "eu-west-1"
+MOTO_KEYS = dict.fromkeys(("aws_access_key_id", "aws_secret_access_key"), "bench")  # moto takes any
+
+
+def report_sqs(args: argparse.Namespace, redis_ms: dict[int, float]) -> None:
+    """Each size on a moto server in a process of its own (CloudWatch there too), next to the Redis tick."""
+    import os
+
+    from emulator import EmulatorProcess  # the tests' launcher: moto in a process of its own
+
+    print()
+    print(f"SQS probe on moto (loopback HTTP), {args.messages} waiting per queue, median of {args.runs} ticks")
+    header = ("queues", 7), ("first tick ms", 14), ("tick ms", 9), ("probe CPU ms", 13), ("tick + ages ms", 15)
+    print(" ".join(f"{name:>{width}}" for name, width in header), f"{'Redis tick ms':>14}")
+    with EmulatorProcess() as emulator:
+        endpoint = emulator.endpoint
+        os.environ["AWS_ENDPOINT_URL_CLOUDWATCH"] = endpoint  # the probe's CloudWatch client reads it
+        for count in QUEUE_COUNTS:
+            first_ms, cached_ms, cpu_ms, ages_ms = bench_sqs(endpoint, count, args.messages, args.runs)
+            redis = f"{redis_ms[count]:.2f}" if count in redis_ms else "-"
+            print(f"{count:>7} {first_ms:>14.1f} {cached_ms:>9.1f} {cpu_ms:>13.1f} {ages_ms:>15.1f} {redis:>14}")
+    print("tick: one GetQueueAttributes per queue, 32 in parallel; the first tick resolves each URL too.")
+    print("probe CPU: botocore's own work in that tick; the rest of the wall time is moto answering.")
+    print("+ ages: once a minute, one GetMetricData per 500 queues with messages waiting.")
 
 
 if __name__ == "__main__":

@@ -403,3 +403,56 @@ def test_eta_tasks_a_worker_holds_are_in_flight_and_a_killed_workers_return_afte
         worker.sigkill()
         assert counts(probe, "eta.sqs") == (0, 3)  # still invisible: SQS does not know the worker died
         wait_until(lambda: counts(probe, "eta.sqs") == (3, 0), timeout=120, what="visibility timeout")
+
+
+WORKER_ACTIONS = [
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",  # the redrive policy, read when a message is rejected
+    "sqs:ReceiveMessage",
+    "sqs:SendMessage",
+]
+"""What the module's task role allows on its queues (tests/module.tftest.hcl asserts the same list)."""
+
+
+def iam_user_url(endpoint: str, name: str, statements: list[dict[str, Any]]) -> str:
+    """An IAM user allowed ``statements``, as kombu's sqs:// URL with its keys (moto server)."""
+    iam = client("iam", endpoint)
+    iam.create_user(UserName=name)
+    policy = json.dumps({"Version": "2012-10-17", "Statement": statements})
+    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=policy)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    keys = f"{quote(key['AccessKeyId'], safe='')}:{quote(key['SecretAccessKey'], safe='')}"
+    return f"sqs://{keys}@{endpoint.removeprefix('http://')}"
+
+
+@pytest.mark.redis_db(5)
+def test_a_worker_configured_as_the_module_does_runs_with_exactly_the_modules_permissions(
+    redis_db: redis.Redis, moto_sqs: str
+) -> None:
+    """Queues made beforehand, predefined_queues by kombu's names, a prefix, and IAM enforced by moto."""
+    endpoint = "http://" + moto_sqs.rsplit("@", 1)[1]
+    sqs = client("sqs", endpoint)
+    url = sqs.create_queue(QueueName="dev-jobs-sqs", Attributes={"VisibilityTimeout": "600"})["QueueUrl"]
+    arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:dev-jobs-sqs"
+    options = {"region": REGION, "queue_name_prefix": "dev.", "predefined_queues": {"dev-jobs-sqs": {"url": url}}}
+    worker_url = iam_user_url(endpoint, "worker", [{"Effect": "Allow", "Action": WORKER_ACTIONS, "Resource": [arn]}])
+    scaler_url = iam_user_url(
+        endpoint,
+        "scaler",
+        [
+            {"Effect": "Allow", "Action": ["sqs:GetQueueAttributes"], "Resource": [arn]},
+            {"Effect": "Allow", "Action": ["sqs:GetQueueUrl"], "Resource": "*"},  # moto checks it against * only
+        ],
+    )
+    probe = SqsProbe(BrokerConfig(region=REGION, queue_name_prefix="dev."), url=scaler_url)
+
+    with enable_iam_authentication():
+        app = make_app(worker_url, acks_late=True, transport_options=options)
+        for i in range(3):
+            app.tasks["probe.block"].apply_async(args=[f"t{i}"], queue="jobs.sqs")
+        with sqs_worker(worker_url, redis_db, ["jobs.sqs"], acks_late=True, **options):
+            wait_until(lambda: redis_db.llen(STARTED) == 2 and counts(probe, "jobs.sqs") == (1, 2), what="two running")
+            redis_db.rpush(RELEASE, *["go"] * 3)
+            wait_until(lambda: redis_db.llen(DONE) == 3 and counts(probe, "jobs.sqs") == (0, 0), what="all done")
+        app.close()
