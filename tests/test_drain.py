@@ -1,4 +1,4 @@
-"""Fence and drain, the scaler's side: the pure plan, and the drain keys' scripts on real Redis (db 12).
+"""Fence and drain, the scaler's side: the pure plan, the drain keys' scripts and real ticks on real Redis (db 12).
 
 The workers' side runs in real Celery workers in tests/test_safe_scale_in.py; here the worker's poll
 is the same script the helper sends, called the way the helper calls it.
@@ -6,12 +6,17 @@ is the same script the helper sends, called the way the helper calls it.
 
 from __future__ import annotations
 
+import io
+import json
+import time
+from collections.abc import Sequence
+
 import pytest
 import redis
 from conftest import redis_url_for
 from waiting import wait_until
 
-from celery_autoscaler.config import BrokerConfig
+from celery_autoscaler.config import BrokerConfig, ScalerConfig, parse_config
 from celery_autoscaler.drain import (
     MAX_CATCH_UP_S,
     START_GRACE_S,
@@ -23,6 +28,11 @@ from celery_autoscaler.drain import (
     plan,
 )
 from celery_autoscaler.drain_keys import DRAIN_TTL_MS, FRESH_MS, POLL_SCRIPT, WORKERS_TTL_MS, drain_key, workers_key
+from celery_autoscaler.ecs import ServiceStatus
+from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.state import InMemoryStateStore
+from celery_autoscaler.telemetry import Telemetry
+from celery_autoscaler.tick import PoolOutcome, run_tick
 
 DB = 12
 NOW = 1_800_000_000.0
@@ -134,3 +144,63 @@ def test_unreadable_drain_keys_raise_a_drain_error(redis_db: redis.Redis) -> Non
         drainer.status(["default"])
     with pytest.raises(DrainError, match="pool 'default'"):
         drainer.apply("default", DrainPlan(desired=1, open=1), NOW)
+
+
+class Service:
+    """One ECS service's counts, as the tick's actuator sees and sets them."""
+
+    def __init__(self, desired: int) -> None:
+        self.desired = self.running = desired
+
+    def describe(self, services: Sequence[str]) -> dict[str, ServiceStatus]:
+        return {s: ServiceStatus(s, self.desired, self.running, 0, "ACTIVE") for s in services}
+
+    def set_desired(self, service: str, count: int) -> None:
+        self.desired = count
+
+
+def pinned(count: int) -> ScalerConfig:
+    """The pool pinned to ``count`` workers (min = max), so the real policy decides ``count``."""
+    pool = {"service": "svc", "queues": ["q"], "min_workers": count, "max_workers": count}
+    return parse_config({"broker": {"url": redis_url_for(DB)}, "cluster": "c", "pools": {"default": pool}})
+
+
+def test_a_tick_asks_then_lowers_by_the_drained_and_says_so(redis_db: redis.Redis) -> None:
+    service, store, stream = Service(5), InMemoryStateStore(), io.StringIO()
+    config = pinned(3)
+    probe = RedisProbe(config.broker, url=redis_url_for(DB))
+    drainer = RedisDrainer(config.broker, url=redis_url_for(DB))
+    workers = [Worker(redis_db, f"w{i}@host") for i in range(5)]
+
+    def tick(config: ScalerConfig = config) -> PoolOutcome:
+        telemetry = Telemetry("Test", stream=stream)
+        return run_tick(config, probe, service, store, time.time(), telemetry=telemetry, drainer=drainer).outcomes[0]
+
+    for w in workers:
+        w.poll("look")
+    first = tick()
+    assert first.decision is not None
+    assert first.decision.desired == 3, "the policy's decision is unchanged; the tick turns it into a drain"
+    assert (service.desired, first.drained()) == (5, {"asked": 2, "drained": 0, "set": 5})
+    assert [w.poll("claim")[1] for w in workers] == ["draining", "draining", "", "", ""]
+    for w in workers[:2]:
+        w.poll("drained")
+    second = tick()
+    assert (service.desired, second.drained(), second.acted) == (3, {"asked": 2, "drained": 2, "set": 3}, True)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    logged = [line["drain"] for line in lines if line.get("message") == "pool tick"]
+    assert logged == [{"asked": 2, "drained": 0, "set": 5}, {"asked": 2, "drained": 2, "set": 3}]
+    metrics = [(line["DrainedWorkers"], line["DesiredCount"]) for line in lines if "DrainedWorkers" in line]
+    assert metrics == [(0, 5), (2, 3)]
+
+    service.running = 3  # ECS stopped the two drained workers; they left the drain at SIGTERM
+    for w in workers[:2]:
+        w.poll("leave")
+    third = tick()
+    assert third.drained() is None
+    assert not redis_db.exists("_celery_autoscaler.drain.default"), "over: the others may release protection"
+
+    # The helper's workers gone (none polled within FRESH_MS): a lowering is set at once, as before.
+    redis_db.delete("_celery_autoscaler.workers.default")
+    fourth = tick(pinned(1))
+    assert (service.desired, fourth.drained()) == (1, None)
