@@ -30,6 +30,7 @@ from moto.core import enable_iam_authentication
 from moto_aws import REGION, aws_env, client, count_calls, free_port, moto_server
 from waiting import wait_until
 
+from celery_autoscaler.cli import main as cli_main
 from celery_autoscaler.config import BrokerConfig, ConfigError
 from celery_autoscaler.probe import BrokerUnavailableError, probe_for
 from celery_autoscaler.probe.sqs import AGE_LOOKBACK_S, AGE_METRIC, AGE_REFRESH_S, SqsProbe, sqs_queue_name
@@ -318,6 +319,22 @@ def test_the_factory_picks_the_sqs_probe_and_rejects_a_bad_port() -> None:
     probe.close()
     with pytest.raises(ConfigError, match=r"broker\.url"):
         probe_for(SETTINGS, "sqs://host:99999")
+
+
+def test_measure_prints_the_same_json_on_sqs(aws: None, capsys: pytest.CaptureFixture[str]) -> None:
+    app = producer(prefix="dev.")
+    for _ in range(2):
+        app.send_task("probe.noop", queue="jobs.high")
+    args = ["measure", "--broker-url", "sqs://", "--region", REGION, "--queue-name-prefix", "dev.", "--json"]
+
+    assert cli_main([*args, "--queue", "jobs.high"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document == {
+        "queues": {"jobs.high": {"waiting": 2, "unacked": 0, "oldest_age_s": None, "declared": True, "error": None}},
+        "unacked_total": 0,
+    }
+    assert cli_main([*args, "--queue", "jobs.low"]) == 1  # a queue that does not exist is unreadable
+    assert "does not exist" in capsys.readouterr().err
 
 
 # --- real Celery workers on a moto server ----------------------------------------------------------
