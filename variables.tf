@@ -162,7 +162,7 @@ variable "worker_pools" {
     - scale_in_protection: workers protect themselves while busy (celery_autoscaler.worker.install); grants the task role ecs:UpdateTaskProtection.
     - environment, secrets (name => Secrets Manager or SSM parameter ARN): added to the container; CELERY_BROKER_URL is always set from the broker secret.
     - oldest_task_age_alarm_s: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_s).
-    - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count.
+    - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count; wait_target_s (the p95 task wait users accept; unset: size for almost no waiting), drain_time_s (seconds to drain a backlog), scale_in_tolerance (headroom kept before scaling in), start_delay_s (worker start assumed until one is measured).
       schedules (docs/schedules.md): declared windows, each at least min_workers from lead_s before every occurrence of cron (5 fields) in time_zone (IANA name, default UTC) until duration_s after it.
   EOT
   type = map(object({
@@ -193,6 +193,10 @@ variable "worker_pools" {
       idle_window_s             = optional(number, 120)
       stale_after_s             = optional(number, 90)
       fallback_count            = optional(number)
+      wait_target_s             = optional(number)
+      drain_time_s              = optional(number, 30)
+      scale_in_tolerance        = optional(number, 0.1)
+      start_delay_s             = optional(number, 55)
       schedules = optional(list(object({
         name        = optional(string)
         cron        = string
@@ -363,6 +367,26 @@ variable "worker_pools" {
   validation {
     condition     = alltrue([for p in var.worker_pools : p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false)])
     error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.fallback_count (${p.scaling.fallback_count})" if !(p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false))])}, when set, must be a whole number within [min_workers, max_workers]."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.wait_target_s == null || try(p.scaling.wait_target_s > 0, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.wait_target_s (${p.scaling.wait_target_s})" if !(p.scaling.wait_target_s == null || try(p.scaling.wait_target_s > 0, false))])}, when set, must be > 0: the p95 task wait, in seconds, the pool's users accept."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.drain_time_s > 0])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.drain_time_s (${p.scaling.drain_time_s})" if !(p.scaling.drain_time_s > 0)])} must be > 0: the seconds in which a backlog is to be drained."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.scale_in_tolerance >= 0 && p.scaling.scale_in_tolerance < 1])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.scale_in_tolerance (${p.scaling.scale_in_tolerance})" if !(p.scaling.scale_in_tolerance >= 0 && p.scaling.scale_in_tolerance < 1)])} must be in [0, 1): the headroom, as a fraction of the need, kept before scaling in."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.scaling.start_delay_s >= 0])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.start_delay_s (${p.scaling.start_delay_s})" if !(p.scaling.start_delay_s >= 0)])} must be >= 0: the worker start delay assumed until one is measured."
   }
 
   validation {

@@ -6,12 +6,13 @@ import itertools
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.estimates import EstimatorState
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
-from celery_autoscaler.policy import Decision, PoolState, decide
+from celery_autoscaler.policy import Decision, PoolState, decide, erlang_c_slots
 
 pytestmark = pytest.mark.unit  # the fast tier: make test-unit
 
@@ -63,7 +64,7 @@ def test_burst_from_zero_goes_straight_to_the_computed_count() -> None:
     decision = decide(measure(840, 0, age=12), replace(POOL, target_latency_s=10), PoolState(), 1000)
     assert decision.desired == 20  # ceil(840 / 4) = 210, clamped to max_workers
     assert decision.reason.startswith("burst: 840 waiting")
-    assert "oldest 12 s > 10 s target -> 20" in decision.reason
+    assert "oldest 12 s > 10 s target; (840 + 0) / 4 tasks per worker (no run time yet) -> 20" in decision.reason
 
 
 def test_demand_counts_waiting_plus_in_flight_over_tasks_per_worker() -> None:
@@ -98,11 +99,10 @@ def test_scale_in_waits_for_the_window_then_steps_down_by_half() -> None:
     assert desired[0] == 20
     # The high reading stays in the 120 s window: no scale-in before t=120.
     assert all(d == 20 for d in desired[:8])
-    assert desired[8] == 10  # t=120: window max is 2, at most 50 % of 20 removed
+    assert desired[8] == 10  # t=120: at most 50 % of 20 removed
     assert desired[9] == 5
-    assert desired[10] == 3
-    assert desired[11] == 2
-    assert desired[-1] == 2
+    assert desired[10] == 3  # ceil(8 / 4 x 1.1): need 2, with the 10 % scale-in tolerance kept
+    assert desired[-1] == 3
 
 
 def test_reaches_zero_only_after_the_idle_window() -> None:
@@ -171,13 +171,31 @@ pools = st.builds(
     idle_window_s=st.floats(0, 600),
     stale_after_s=st.just(90.0),
     fallback_count=st.none() | st.integers(0, 5),
+    wait_target_s=st.none() | st.floats(0.5, 600),
+    drain_time_s=st.floats(1, 300),
+    scale_in_tolerance=st.floats(0, 0.5),
+    start_delay_s=st.floats(0, 300),
 )
 histories = st.lists(st.tuples(st.floats(0, 1000), st.integers(0, 50)), max_size=10).map(tuple)
+estimators = st.builds(
+    EstimatorState,
+    at=st.none() | st.floats(900, 985),
+    completed=st.none() | st.integers(0, 10_000),
+    run_seconds=st.none() | st.floats(0, 100_000),
+    backlog=st.none() | st.integers(0, 10_000),
+    waiting=st.none() | st.integers(0, 10_000),
+    rates=st.lists(st.tuples(st.floats(880, 985), st.floats(0, 100)), max_size=8).map(tuple),
+    run_sum=st.floats(0, 100_000),
+    count_sum=st.floats(0, 10_000),
+    raises=st.lists(st.tuples(st.floats(800, 985), st.integers(1, 50)), max_size=4).map(tuple),
+    start_samples=st.lists(st.floats(0, 300), max_size=5).map(tuple),
+)
 states = st.builds(
     PoolState,
     recommendations=histories,
     idle_since=st.none() | st.floats(0, 1000),
     consecutive_failures=st.integers(0, 5),
+    estimator=st.just(EstimatorState()) | estimators,
 )
 loads = st.builds(
     PoolLoad,
@@ -185,7 +203,9 @@ loads = st.builds(
     in_flight=st.none() | st.integers(0, 1000),
     unacked_total=st.integers(0, 1000),
     oldest_age_s=st.none() | st.floats(0, 3600),
-    measured_at=st.floats(950, 1000),
+    measured_at=st.floats(990, 1000),
+    completed=st.none() | st.integers(0, 20_000),
+    run_seconds=st.none() | st.floats(0, 200_000),
 )
 
 
@@ -210,6 +230,7 @@ def test_result_always_within_min_and_max(
 def test_more_demand_never_gives_fewer_workers(
     pool: PoolConfig, state: PoolState, load: PoolLoad, more_waiting: int, more_in_flight: int, current: int
 ) -> None:
+    """More waiting or in flight, with everything else (counters, history) the same."""
     busier = replace(
         load,
         waiting=load.waiting + more_waiting,
@@ -249,3 +270,110 @@ def test_no_flapping_on_a_constant_load(pool: PoolConfig, waiting: int, in_fligh
     changes = [b - a for a, b in itertools.pairwise(history) if b != a]
     assert all(c > 0 for c in changes) or all(c < 0 for c in changes)
     assert history[-1] == history[-2]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pool=pools,
+    state=states,
+    load=loads,
+    current=st.integers(0, 50),
+    running=st.integers(0, 50),
+    targets=st.tuples(st.floats(0.5, 600), st.floats(0.5, 600)),
+)
+def test_a_lower_wait_target_never_gives_fewer_workers(
+    pool: PoolConfig, state: PoolState, load: PoolLoad, current: int, running: int, targets: tuple[float, float]
+) -> None:
+    low, high = sorted(targets)
+    measurements = PoolMeasurements(current, running, load)
+    strict = decide(measurements, replace(pool, wait_target_s=low), state, 1000.0)
+    relaxed = decide(measurements, replace(pool, wait_target_s=high), state, 1000.0)
+    assert strict.desired >= relaxed.desired
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(0.2, 20),
+    run_s=st.floats(0.5, 30),
+    running=st.integers(0, 5),
+    burst=st.integers(0, 2000),
+    elapsed=st.floats(1, 50),
+    wait_target_s=st.none() | st.floats(1, 300),
+)
+def test_capacity_still_starting_is_not_sized_twice(
+    rate: float, run_s: float, running: int, burst: int, elapsed: float, wait_target_s: float | None
+) -> None:
+    """A raise, then a tick while the workers it asked for still start: the backlog has changed by what
+    arrived minus what the running workers took, as foreseen; no further raise (one for rounding)."""
+    pool = replace(POOL, concurrency=2, max_workers=500, wait_target_s=wait_target_s, start_delay_s=55.0)
+    t0 = 1000.0
+    done0, ran0 = 10_000, 10_000 * run_s
+    estimator = EstimatorState(
+        at=t0 - 15,
+        completed=done0,
+        run_seconds=ran0,
+        backlog=running * 2,
+        waiting=0,
+        rates=tuple((t0 - 15 * i, rate) for i in range(8, 0, -1)),
+        run_sum=1000 * run_s,
+        count_sum=1000.0,
+    )
+    in_flight = running * 2  # the running workers are busy
+    served = min(rate, running * 2 / run_s) * 15  # what they finished during the last tick
+    first = PoolLoad(
+        burst, in_flight, in_flight, None, t0, completed=done0 + round(served), run_seconds=ran0 + round(served) * run_s
+    )
+    raise_ = decide(PoolMeasurements(running, running, first), pool, PoolState(estimator=estimator), t0)
+    assume(raise_.desired > running)
+    now = t0 + elapsed
+    # The running workers work through the backlog at full speed meanwhile.
+    finished = round(min(running * 2 / run_s * elapsed, burst + rate * elapsed))
+    grown = burst + int(rate * elapsed) - finished
+    later = PoolLoad(
+        max(0, grown),
+        in_flight,
+        in_flight,
+        None,
+        now,
+        completed=(first.completed or 0) + finished,
+        run_seconds=(first.run_seconds or 0.0) + finished * run_s,
+    )
+    again = decide(PoolMeasurements(raise_.desired, running, later), pool, raise_.new_state, now)
+    assert again.desired <= raise_.desired + 1, (raise_.reason, again.reason)
+
+
+def test_worked_example_of_the_readme() -> None:
+    """The README's example, every term by hand: 2 tasks/s of 2 s, 4 workers of 2 slots, 300 waiting."""
+    pool = replace(POOL, concurrency=2, max_workers=50, scale_in_window_s=30)
+    estimator = EstimatorState(
+        at=985.0,
+        completed=1000,
+        run_seconds=2000.0,
+        backlog=12,
+        waiting=4,
+        rates=tuple((985.0 - 15 * i, 2.0) for i in range(7)),
+        run_sum=200.0,
+        count_sum=100.0,
+    )
+    load = PoolLoad(300, 8, 8, 9.0, 1000.0, completed=1030, run_seconds=2060.0)
+    measurements = PoolMeasurements(current_desired=4, running=4, load=load)
+    decision = decide(measurements, pool, PoolState(estimator=estimator), 1000.0)
+    assert decision.estimates is not None
+    assert decision.estimates.arrival_rate == pytest.approx(2.0)  # the burst tick is backlog, not rate
+    assert decision.estimates.mean_run_s == pytest.approx(2.0)
+    # R = 2 x 2 = 4 slots; base 4 + sqrt(4) = 6; spare 4 x 2 - 4 = 4 slots for the 55 s start:
+    # work = 300 x 2 - 4 x 55 = 380 slot-s over 30 s = 12.67 slots; (6 + 12.67) / 2 = 9.33 -> 10.
+    assert decision.desired == 10
+    assert "= 9.33 workers -> 10" in decision.reason
+    # With a 60 s p95 wait target: Erlang C gives 5 slots; (5 + 12.67) / 2 = 8.83 -> 9.
+    assert erlang_c_slots(4.0, 2.0, 60.0) == 5
+    relaxed = decide(measurements, replace(pool, wait_target_s=60.0), PoolState(estimator=estimator), 1000.0)
+    assert relaxed.desired == 9
+
+
+def test_erlang_c_slots_matches_the_textbook() -> None:
+    # M/M/c with offered load 4: c = 5 waits with probability 0.554, c = 6 with 0.285 (Erlang C tables).
+    assert erlang_c_slots(4.0, 1.0, 0.0, quantile=1 - 0.56) == 5
+    assert erlang_c_slots(4.0, 1.0, 0.0, quantile=1 - 0.30) == 6
+    assert erlang_c_slots(0.0, 1.0, 10.0) == 0
+    assert erlang_c_slots(50.0, 2.0, 1.0) > erlang_c_slots(50.0, 2.0, 10.0) > 50

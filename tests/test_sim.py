@@ -207,3 +207,15 @@ def test_probe_view_shows_the_age_each_broker_lets_the_probe_see(capsys: pytest.
     assert seen["sqs"] == [None if a is None or a < 60.0 else a - 60.0 for a in seen["redis"]]  # a minute late
     assert main(["--trace", "steady", "--hours", "1", "--json", "--probe-view", "sqs"]) == 0
     assert json.loads(capsys.readouterr().out)["policies"]["celery-autoscaler"]
+
+
+def test_wait_target_gives_our_policy_a_cheaper_fleet_within_the_target(capsys: pytest.CaptureFixture[str]) -> None:
+    def ours(*flags: str) -> dict[str, float]:
+        assert main(["--trace", "diurnal", "--hours", "6", "--json", *flags]) == 0
+        return dict(json.loads(capsys.readouterr().out)["policies"]["celery-autoscaler"])
+
+    default, relaxed = ours(), ours("--wait-target-s", "20")
+    assert relaxed["worker_seconds"] < default["worker_seconds"]
+    assert relaxed["wait_p95_s"] <= 20
+    assert main(["--trace", "steady", "--wait-target-s", "0"]) == 2
+    assert "--wait-target-s must be > 0" in capsys.readouterr().err

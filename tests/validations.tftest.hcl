@@ -504,6 +504,46 @@ run "pool_fallback_outside_bounds" {
   expect_failures = [var.worker_pools]
 }
 
+run "pool_wait_target_not_positive" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { wait_target_s = 0 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_drain_time_not_positive" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { drain_time_s = -5 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_scale_in_tolerance_not_below_one" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { scale_in_tolerance = 1 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
+run "pool_start_delay_negative" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { start_delay_s = -1 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
 run "schedule_bad_cron" {
   command = plan
 

@@ -158,6 +158,10 @@ class PoolConfig:
     stale_after_s: float = 90.0
     fallback_count: int | None = None
     schedules: tuple[Schedule, ...] = ()
+    wait_target_s: float | None = None
+    drain_time_s: float = 30.0
+    scale_in_tolerance: float = 0.1
+    start_delay_s: float = 55.0
 
     @property
     def tasks_per_worker(self) -> float:
@@ -214,6 +218,10 @@ _POOL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "idle_window_s": (int, float),
     "stale_after_s": (int, float),
     "fallback_count": int,
+    "wait_target_s": (int, float),
+    "drain_time_s": (int, float),
+    "scale_in_tolerance": (int, float),
+    "start_delay_s": (int, float),
     "schedules": list,
 }
 _SCHEDULE_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -381,6 +389,11 @@ def _pool(name: str, raw: Any) -> PoolConfig:
             f"{path}.schedules[{i}].min_workers",
             f"must be <= max_workers ({schedule.min_workers} > {pool.max_workers})",
         )
+    if pool.wait_target_s is not None:
+        _require(pool.wait_target_s > 0, f"{path}.wait_target_s", "must be > 0")
+    _require(pool.drain_time_s > 0, f"{path}.drain_time_s", "must be > 0")
+    _require(0 <= pool.scale_in_tolerance < 1, f"{path}.scale_in_tolerance", "must be in [0, 1)")
+    _require(pool.start_delay_s >= 0, f"{path}.start_delay_s", "must be >= 0")
     return pool
 
 

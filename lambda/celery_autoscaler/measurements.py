@@ -62,6 +62,8 @@ class PoolLoad:
     unknown this tick; the policy then falls back to the broker-wide ``unacked_total``.
     ``unreadable`` names the pool's queues that could not be read (queue -> error); the numbers
     then leave them out, and the policy holds.
+    ``completed`` and ``run_seconds`` sum the worker helper's cumulative counters over the queues that
+    have them (``None`` when none has).
     """
 
     waiting: int
@@ -71,6 +73,8 @@ class PoolLoad:
     measured_at: float
     scheduled: int | None = None
     unreadable: Mapping[str, str] = field(default_factory=dict)
+    completed: int | None = None
+    run_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
     unacked = [p.unacked for p in parts]
     scheduled = [p.scheduled for p in parts]
     ages = [p.oldest_age_s for p in parts if p.oldest_age_s is not None]
+    counted = [p for p in parts if p.completed is not None and p.run_seconds is not None]
     return PoolLoad(
         waiting=sum(p.waiting for p in parts),
         in_flight=None if any(u is None for u in unacked) else sum(u for u in unacked if u is not None),
@@ -99,4 +104,6 @@ def pool_load(queues: tuple[str, ...], broker: BrokerMeasurements) -> PoolLoad:
         measured_at=broker.measured_at,
         scheduled=None if any(s is None for s in scheduled) else sum(s for s in scheduled if s is not None),
         unreadable={q: error for q in queues if (error := broker.queues[q].error) is not None},
+        completed=sum(p.completed or 0 for p in counted) if counted else None,
+        run_seconds=sum(p.run_seconds or 0.0 for p in counted) if counted else None,
     )

@@ -1,20 +1,35 @@
 """The scaling policy: one pure function from (measurements, pool config, state, now) to a decision.
 
 No I/O happens here, so the Lambda, the local demo and the simulator all run exactly this code.
+Data flows one way: the tick's measurements feed the estimators (:mod:`celery_autoscaler.estimates`:
+arrival rate lambda, mean run time s, start delay D), whose estimates feed the sizing below.
 
-The rule, per pool:
-  demand   = waiting + in-flight (unacked attributed to the pool's queues; the broker-wide unacked
-             count when attribution is unknown, which over- rather than under-counts)
-  raw      = ceil(demand / tasks_per_worker), where tasks_per_worker is target_backlog_per_worker
-             or concurrency x target_utilisation; if the oldest waiting task is older than
-             target_latency_s and every worker asked for is running, raw is at least current + 1
-  out      : raw > current -> raw at once (capped by max_scale_out_step unless starting from 0)
-  in       : the max of every raw seen in the last scale_in_window_s is below current -> that max,
-             but removing at most max_scale_in_percent of current (at least 1) per tick
+The rule, per pool (c = concurrency x target_utilisation slots per worker):
+  load     R = lambda x s busy slots; at least in-flight without the helper's counters; while
+           every slot is busy with a queue behind, at least in-flight - sqrt(in-flight) -
+           concurrency (long tasks still running: the completions' run time lags)
+  base     no wait target: R + sqrt(R) (square-root staffing, beta 1: little waiting);
+           wait_target_s W: the fewest slots N whose Erlang C p95 wait is <= W,
+           i.e. C(N, R) x exp(-(N - R) W / s) <= 0.05
+  backlog  work = waiting x s + (R - running x concurrency) x A slot-seconds: the backlog as it
+           will stand when the capacity asked for arrives. A is the start delay D, or, while
+           asked-for workers still start (running < current), what is left of it, so the backlog
+           that builds while they start is not sized again. Drained in T = drain_time_s (with W:
+           max(drain_time_s, W - D)): work / T slots
+  need     (base + backlog slots) / c workers; without a run time yet: (waiting + in-flight) /
+           tasks_per_worker, as before (one slot per task), but no more than current while
+           asked-for workers still start
+  late     if the oldest waiting task is older than target_latency_s and every worker asked for
+           is running, at least current + 1
+  out      : ceil(need) > current -> at once (capped by max_scale_out_step unless starting from 0)
+  in       : the max over scale_in_window_s of ceil(need x (1 + scale_in_tolerance)), never fewer
+           than in-flight / concurrency (the busy workers), is below current -> that max,
+           removing at most max_scale_in_percent of current per tick: a small drop waits, a big
+           one (after a burst) is immediate
   zero     : only after the pool's queues have nothing waiting, in flight or scheduled (ETA) for
              idle_window_s (nothing unacked at all when attribution is unknown)
   hold     : broker unreadable, one of the pool's queues unreadable, or the reading older than
-             stale_after_s -> keep current (or fallback_count if higher)
+             stale_after_s -> keep current (or fallback_count if higher); the estimators are not updated
   clamp    : always within [min_workers, max_workers]
   floor    : then at least the minimum of every declared schedule whose window is open (schedules.py);
              a floor only raises, and is not kept as a recommendation, so it ends with its window
@@ -23,19 +38,26 @@ The rule, per pool:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from celery_autoscaler.config import PoolConfig
+from celery_autoscaler.estimates import Estimates, EstimatorState, observe, record_raise
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.pause import Pause
 from celery_autoscaler.schedules import schedule_floor
+
+BETA = 1.0
+"""Square-root staffing's safety factor without a wait target: about 1 task in 5 waits, briefly."""
+WAIT_QUANTILE = 0.95
+"""A wait target is a p95: at most 5 % of tasks wait longer."""
 
 
 @dataclass(frozen=True)
 class PoolState:
     """What the policy remembers between ticks; persisted per pool by the state store.
 
-    ``recommendations`` are the (time, raw count) pairs still inside the scale-in window.
+    ``recommendations`` are the (time, count to keep) pairs still inside the scale-in window.
+    ``estimator`` is what the estimators remember (rates, run-time sums, pending increases).
     ``version`` belongs to the store (optimistic locking); ``decide`` never changes it.
     ``pause`` (an operator's, see pause.py) and ``last_reason`` are the tick's; ``decide`` keeps them as they are.
     """
@@ -47,16 +69,18 @@ class PoolState:
     consecutive_failures: int = 0
     pause: Pause | None = None
     last_reason: str | None = None
+    estimator: EstimatorState = field(default_factory=EstimatorState)
     version: int = 0
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The desired worker count for a pool, why, and the state to remember."""
+    """The desired worker count for a pool, why, the estimates it used (none on hold), and the state to remember."""
 
     desired: int
     reason: str
     new_state: PoolState
+    estimates: Estimates | None = None
 
 
 def _clamp(count: int, pool: PoolConfig) -> int:
@@ -95,6 +119,72 @@ def _floor(desired: int, reason: str, pool: PoolConfig, now: float) -> tuple[int
     return minimum, f"{reason}; schedule {name!r} minimum -> {minimum}"
 
 
+def erlang_c_slots(load: float, run_s: float, wait_s: float, quantile: float = WAIT_QUANTILE) -> int:
+    """The fewest slots N > load with P(wait > wait_s) = C(N, load) x exp(-(N - load) wait_s / run_s) <= 1 - quantile.
+
+    Erlang B by its recurrence B(n) = a B(n-1) / (n + a B(n-1)), then C = N B / (N - a (1 - B)):
+    one pass, no factorials, so 100 pools stay far below a millisecond each.
+    """
+    if load <= 0:
+        return 0
+    blocking, n = 1.0, 0
+    while True:
+        n += 1
+        blocking = load * blocking / (n + load * blocking)
+        if n > load:
+            waits = n * blocking / (n - load * (1.0 - blocking))
+            if waits * math.exp(-(n - load) * wait_s / run_s) <= 1.0 - quantile:
+                return n
+
+
+def _need(
+    measurements: PoolMeasurements, in_flight: int, estimates: Estimates, pool: PoolConfig, now: float
+) -> tuple[float, str]:
+    """Workers needed (a real number) and the terms that gave it, for the reason."""
+    waiting = measurements.load.waiting if measurements.load is not None else 0
+    run_s = estimates.mean_run_s
+    if run_s is None or run_s <= 0:
+        need = (waiting + in_flight) / pool.tasks_per_worker
+        text = f"({waiting} + {in_flight}) / {pool.tasks_per_worker:g} tasks per worker (no run time yet)"
+        if measurements.running < measurements.current_desired:
+            # Nothing to project with: the backlog that builds while asked-for workers start waits for them.
+            need = min(need, float(measurements.current_desired))
+            text += f", {measurements.current_desired - measurements.running} still starting"
+        return need, text
+    rate = estimates.arrival_rate
+    offered = rate * run_s if rate is not None else 0.0
+    if estimates.source != "counters" or rate is None:
+        offered = max(offered, float(in_flight))  # without counters, busy slots are the load we know
+    elif waiting > 0 and in_flight >= measurements.running * pool.concurrency:
+        # Every slot busy with a queue behind: long tasks still running are load the completions'
+        # run time does not show yet. Less a noise margin, so a steady pool's busy moments do not count.
+        offered = max(offered, in_flight - math.sqrt(in_flight) - pool.concurrency)
+    if pool.wait_target_s is None:
+        base = offered + BETA * math.sqrt(offered)
+        drain_s = pool.drain_time_s
+    else:
+        base = float(erlang_c_slots(offered, run_s, pool.wait_target_s))
+        drain_s = max(pool.drain_time_s, pool.wait_target_s - estimates.start_delay_s)
+    # Until the capacity asked for arrives (the start delay; for workers already starting, what is left
+    # of it), the running workers' spare slots drain the backlog and a shortfall adds to it. Asking
+    # again while they start projects to the same moment, so that growth is not sized twice.
+    arrives_in = estimates.start_delay_s
+    if estimates.starting_since is not None and measurements.running < measurements.current_desired:
+        arrives_in = max(0.0, arrives_in - (now - estimates.starting_since))
+    deficit = offered - measurements.running * pool.concurrency
+    work = max(0.0, waiting * run_s + deficit * arrives_in)
+    slots = base + work / drain_s
+    per_worker = pool.concurrency * pool.target_utilisation
+    need = slots / per_worker
+    rate_text = "?" if rate is None else f"{rate:.2f}/s"
+    text = (
+        f"R {rate_text} x {run_s:.2f} s = {offered:.1f} slots, base {base:.1f}; backlog {waiting} x {run_s:.2f} s "
+        f"{deficit:+.1f} slots x {arrives_in:.0f} s to capacity = {work:.0f} slot-s over {drain_s:g} s; "
+        f"({base:.1f} + {work / drain_s:.1f}) / {per_worker:g} = {need:.2f} workers"
+    )
+    return need, text
+
+
 def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, now: float) -> Decision:
     """Return the pool's desired worker count (see the module docstring for the rule)."""
     load = measurements.load
@@ -108,9 +198,15 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         return _hold(measurements, pool, state, f"reading {now - load.measured_at:.0f} s old", now)
 
     current = measurements.current_desired
+    estimates, estimator = observe(
+        state.estimator, load, current, measurements.running, now, prior_start_s=pool.start_delay_s
+    )
     in_flight = load.in_flight if load.in_flight is not None else load.unacked_total
-    demand = load.waiting + in_flight
-    raw = math.ceil(demand / pool.tasks_per_worker)
+    need, sizing = _need(measurements, in_flight, estimates, pool, now)
+    raw = math.ceil(need - 1e-9)
+    # Never below what the in-flight tasks occupy (they run on workers that exist: not a reason to add).
+    occupied = math.ceil(in_flight / pool.concurrency)
+    keep = _clamp(max(occupied, math.ceil(need * (1.0 + pool.scale_in_tolerance) - 1e-9)), pool)
     late = (
         pool.target_latency_s is not None
         and load.waiting > 0
@@ -120,10 +216,11 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
     if late:
         # Still late once every worker asked for runs: add one. Still starting: hold, do not pile on.
         raw = max(raw, current + 1 if measurements.running >= current else current)
+        keep = max(keep, raw)
     raw = _clamp(raw, pool)
 
     window = [(t, r) for t, r in state.recommendations if now - t < pool.scale_in_window_s]
-    window.append((now, raw))
+    window.append((now, keep))
     stabilised = max(r for _, r in window)
 
     # Another pool's unacked messages do not keep this one up; held ETA messages do (a worker must stay).
@@ -138,7 +235,7 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         if pool.max_scale_out_step is not None and current > 0:
             desired = min(raw, current + pool.max_scale_out_step)
         label = "burst" if current == 0 or late else "scale out"
-        reason = f"{label}: {load_text} -> {desired}"
+        reason = f"{label}: {load_text}; {sizing} -> {desired}"
     elif stabilised < current:
         step = max(1, math.floor(current * pool.max_scale_in_percent / 100))
         desired = max(stabilised, current - step)
@@ -148,12 +245,17 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         elif desired == 0:
             reason = f"idle {idle_for:.0f} s: {load_text} -> 0"
         else:
-            reason = f"scale in: {load_text}, max over {pool.scale_in_window_s:g} s is {stabilised} -> {desired}"
+            reason = (
+                f"scale in: {load_text}; {sizing}; max over {pool.scale_in_window_s:g} s "
+                f"(+{pool.scale_in_tolerance:.0%}) is {stabilised} -> {desired}"
+            )
     else:
         desired = current
-        reason = f"steady: {load_text} -> {desired}"
+        reason = f"steady: {load_text}; {sizing} -> {desired}"
 
     desired, reason = _floor(_clamp(desired, pool), reason, pool, now)
+    if desired > current:
+        estimator = record_raise(estimator, now, desired, measurements.running)
     new_state = replace(
         state,
         recommendations=tuple(window),
@@ -161,5 +263,6 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         last_action_at=now if desired != current else state.last_action_at,
         last_desired=desired,
         consecutive_failures=0,
+        estimator=estimator,
     )
-    return Decision(desired, reason, new_state)
+    return Decision(desired, reason, new_state, estimates)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from celery_autoscaler.aws import Backoff, client_config
+from celery_autoscaler.estimates import EstimatorState
 from celery_autoscaler.pause import Pause
 from celery_autoscaler.policy import PoolState
 
@@ -126,6 +127,14 @@ def _last_reason(body: dict[str, Any]) -> str | None:
     return reason
 
 
+def _estimator(body: dict[str, Any]) -> EstimatorState:
+    """The estimators' state; an item written before they existed has none (not corrupt: start afresh)."""
+    try:
+        return EstimatorState.from_json(body.get("estimator"))
+    except (TypeError, ValueError) as exc:
+        raise CorruptStateError(f"field 'estimator' is not an estimator state ({str(exc)[:60]})") from exc
+
+
 def decode_state(text: str, version: int) -> PoolState:
     """The ``PoolState`` in ``text``; :class:`CorruptStateError` naming the field if it is not one."""
     try:
@@ -152,6 +161,7 @@ def decode_state(text: str, version: int) -> PoolState:
         consecutive_failures=_field(body, "consecutive_failures", _is_count(body["consecutive_failures"])),
         pause=_pause(body),
         last_reason=_last_reason(body),
+        estimator=_estimator(body),
         version=version,
     )
 

@@ -57,6 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sqs = the age a minute late (CloudWatch); no-age = no age (RabbitMQ quorum queues, or no stamp)",
     )
     parser.add_argument(
+        "--no-worker-counters",
+        action="store_true",
+        help="workers without the helper's task counters (the scaler uses its fallback estimates)",
+    )
+    parser.add_argument(
+        "--wait-target-s",
+        type=float,
+        help="give every pool of our policy this p95 wait target (a pool's own wait_target_s in --config wins)",
+    )
+    parser.add_argument(
         "--prefetch-multiplier",
         type=int,
         default=world.prefetch_multiplier,
@@ -92,11 +102,16 @@ def run(args: argparse.Namespace) -> int:
             acks_late=args.acks_late,
             probe_sees_running=args.probe_sees_running,
             age_lag_s=PROBE_VIEWS[args.probe_view],
+            worker_counters=not args.no_worker_counters,
             prefetch_multiplier=args.prefetch_multiplier,
             stop_timeout_s=args.stop_timeout_s,
             scale_in_protection=not args.no_protection,
         )
-        outcomes = simulate(trace, config, args.compare.split(","), seed=args.seed, settings=settings)
+        if args.wait_target_s is not None and not args.wait_target_s > 0:
+            raise ValueError(f"--wait-target-s must be > 0, got {args.wait_target_s:g}")
+        outcomes = simulate(
+            trace, config, args.compare.split(","), seed=args.seed, settings=settings, wait_target_s=args.wait_target_s
+        )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2

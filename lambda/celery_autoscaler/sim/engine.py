@@ -7,7 +7,9 @@ What is modelled, and why it matters to the numbers:
   ends, so the probe sees running and reserved tasks as in-flight. With ``acks_late=False``
   (Celery's default) a message is acked when it starts, so the probe sees *reserved* messages and
   running tasks not at all, exactly as the real probe does (``probe_sees_running`` is the what-if
-  of a running-task counter kept by the worker helper). Consumers with room are served in effectively
+  of a running-task counter kept by the worker helper). The worker helper's counters (tasks
+  finished, their run time) are read at each tick as they stand (the real helper writes them once
+  a second); ``worker_counters=False`` is a user without the helper. Consumers with room are served in effectively
   random order (kombu re-issues BRPOP every second), so a busy worker can prefetch a task while
   another worker idles.
 - A worker starts after control-plane, provisioning, image-pull and app-start delays; Fargate bills
@@ -98,6 +100,7 @@ class SimSettings:
     """How late the probe sees the oldest waiting task's age: 0 on Redis (the publish-time stamp), 60 on SQS
     (CloudWatch's one-minute metric: the current head's age as it was then), ``None`` for no age at all
     (RabbitMQ quorum queues, or RabbitMQ without the stamp). Counts are seen at once on every broker."""
+    worker_counters: bool = True
     stop_timeout_s: float = 120.0
     stop_signal_s: tuple[float, float] = (0.5, 2.0)
     scale_in_protection: bool = True
@@ -187,6 +190,7 @@ def run_pool(
     hold = conc * settings.prefetch_multiplier
     acks_late = settings.acks_late
     sees_running = acks_late or settings.probe_sees_running
+    counters = settings.worker_counters
     protect = settings.scale_in_protection
     release_s = settings.protection_release_s
     stop_timeout = settings.stop_timeout_s
@@ -230,6 +234,9 @@ def run_pool(
     state = policy.initial_state()
     samples: list[tuple[float, int, int, int]] = []
     drain_open: int | None = None  # the pool's drain: None, or how many more workers may claim a slot
+    ends: dict[tuple[float, int], float] = {}  # (end time, worker) -> run time of the task ending then
+    completed = 0  # the worker helper's counters: tasks finished and their total run time
+    run_total = 0.0
 
     def new_worker(t: float, ready: bool) -> int:
         nonlocal n_up
@@ -263,7 +270,9 @@ def run_pool(
             area += pending * (t - last_t)
             last_t = t
             pending -= 1
-            push(heap, (t + service_s[i], _DONE, w))
+            end = t + service_s[i]
+            ends[(end, w)] = ends.get((end, w), 0.0) + service_s[i]
+            push(heap, (end, _DONE, w))
         else:
             w_res[w].append(i)
             n_reserved += 1
@@ -442,8 +451,11 @@ def run_pool(
                 break
             if kind == _DONE:
                 st = w_state[w]
+                ran = ends.pop((t, w), 0.0)
                 if st == _STOPPED:
                     continue
+                completed += 1
+                run_total += ran
                 w_run[w] -= 1
                 n_running -= 1
                 if st == _READY:
@@ -504,6 +516,8 @@ def run_pool(
                 if age_at is None or not queue or enqueue_s[queue[0]] > age_at
                 else age_at - enqueue_s[queue[0]],
                 measured_at=t,
+                completed=completed if counters else None,
+                run_seconds=run_total if counters else None,
             )
             wanted, state = policy(PoolMeasurements(current_desired=desired, running=n_up, load=load), state, t)
             if drains:

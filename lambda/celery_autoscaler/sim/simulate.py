@@ -132,8 +132,12 @@ def simulate(
     seed: int = 1,
     settings: SimSettings | None = None,
     timeline: bool = False,
+    wait_target_s: float | None = None,
 ) -> dict[str, PolicyOutcome]:
-    """Run ``trace`` under our policy and each compared one; returns outcomes by policy name."""
+    """Run ``trace`` under our policy and each compared one; returns outcomes by policy name.
+
+    ``wait_target_s`` is given to every pool of our policy that has none of its own.
+    """
     settings = settings or SimSettings()
     pools: tuple[PoolConfig, ...] = (DEFAULT_POOL,)
     if config is not None:
@@ -141,6 +145,8 @@ def simulate(
         settings = replace(
             settings, tick_interval_s=config.tick_interval_s, ticks_per_invocation=config.ticks_per_invocation
         )
+    if wait_target_s is not None:
+        pools = tuple(p if p.wait_target_s is not None else replace(p, wait_target_s=wait_target_s) for p in pools)
     horizon = trace.horizon_s
     lookahead = settings.start_delay.quantile(0.95) + OracleUpper.period_s
     outcomes: dict[str, PolicyOutcome] = {}
