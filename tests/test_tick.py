@@ -331,6 +331,13 @@ def test_telemetry_one_log_line_per_pool_and_emf_per_pool_and_queue(rig: Rig) ->
     assert (celery["waiting"], celery["unacked"], celery["oldest_age_s"], celery["error"]) == (10, 0, 30.0, None)
     assert default_log["reason"].startswith("burst")
     assert default_log["acted"] is True
+    # A first tick has no interval to estimate from: the start delay is the prior, the source says so.
+    assert default_log["estimates"] == {
+        "arrival_rate": None,
+        "mean_run_s": None,
+        "start_delay_s": 55.0,
+        "source": "none",
+    }
 
     emf = [line for line in lines if "_aws" in line]
     pool_doc = next(
@@ -345,6 +352,7 @@ def test_telemetry_one_log_line_per_pool_and_emf_per_pool_and_queue(rig: Rig) ->
         "OldestTaskAgeSeconds",
         "DesiredCount",
         "RunningCount",
+        "StartDelaySeconds",
         "ScalingActions",
         "ScalerErrors",
         "UnreadableQueues",

@@ -121,6 +121,8 @@ class Telemetry:
             "service": outcome.service,
             "measurements": None if m is None else outcome.measured(),
             "decision": None if decision is None else {"desired": decision.desired},
+            # Which estimates sized the pool and where they came from (counters, fallback or none).
+            "estimates": None if decision is None or decision.estimates is None else decision.estimates.summary(),
             "reason": decision.reason if decision is not None else None,
             "acted": outcome.acted,
             "dry_run": dry_run,
@@ -138,6 +140,7 @@ class Telemetry:
         self.logger.log(level, "pool tick", extra=line)
 
         pool_dims = {"Pool": outcome.pool}
+        estimates = decision.estimates if decision is not None else None
         drain = outcome.drained()
         self._emit(
             emf_document(
@@ -149,6 +152,9 @@ class Telemetry:
                     "OldestTaskAgeSeconds": (load.oldest_age_s if load else None, "Seconds"),
                     "DesiredCount": (_desired_set(outcome), "Count"),
                     "RunningCount": (m.running if m else None, "Count"),
+                    "ArrivalRate": (estimates.arrival_rate if estimates else None, "Count/Second"),
+                    "MeanRunTimeSeconds": (estimates.mean_run_s if estimates else None, "Seconds"),
+                    "StartDelaySeconds": (estimates.start_delay_s if estimates else None, "Seconds"),
                     "ScalingActions": (1 if outcome.acted else 0, "Count"),
                     "ScalerErrors": (1 if outcome.error else 0, "Count"),
                     "UnreadableQueues": (sum(q.error is not None for q in queues) if queues else None, "Count"),
