@@ -162,8 +162,8 @@ variable "worker_pools" {
     - scale_in_protection: workers protect themselves while busy (celery_autoscaler.worker.install); grants the task role ecs:UpdateTaskProtection.
     - environment, secrets (name => Secrets Manager or SSM parameter ARN): added to the container; CELERY_BROKER_URL is always set from the broker secret.
     - oldest_task_age_alarm_s: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_s).
-    - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count; wait_target_s (the p95 task wait users accept; unset: size for almost no waiting), drain_time_s (seconds to drain a backlog), scale_in_tolerance (headroom kept before scaling in), start_delay_s (worker start assumed until one is measured).
-      schedules (docs/schedules.md): declared windows, each at least min_workers from lead_s before every occurrence of cron (5 fields) in time_zone (IANA name, default UTC) until duration_s after it.
+    - scaling: the scaler's settings for this pool, the same names and defaults as the scaler's JSON config (pools.<name> in the README's Configuration): min_workers, max_workers (task count bounds); target_backlog_per_worker or target_latency_s (what one worker should carry); target_utilisation (fraction of concurrency to fill); max_scale_out_step, max_scale_in_percent, scale_in_window_s, idle_window_s, stale_after_s, fallback_count.
+      schedules (docs/schedules.md): declared windows, each at least min_workers from lead_s before every occurrence of cron (5 fields) in time_zone (IANA name, default UTC) until duration_s after it; learned_prewarm (default on): raise the pool before a burst that recurred prewarm_confidence times at the same period (hourly, daily, weekly), by the learned start delay + prewarm_margin_s; a prediction that misses prewarm_max_misses times in a row is dropped.
   EOT
   type = map(object({
     image                    = string
@@ -197,6 +197,10 @@ variable "worker_pools" {
       drain_time_s              = optional(number, 30)
       scale_in_tolerance        = optional(number, 0.1)
       start_delay_s             = optional(number, 55)
+      learned_prewarm           = optional(bool, true)
+      prewarm_confidence        = optional(number, 3)
+      prewarm_margin_s          = optional(number, 0)
+      prewarm_max_misses        = optional(number, 2)
       schedules = optional(list(object({
         name        = optional(string)
         cron        = string
@@ -415,8 +419,18 @@ variable "worker_pools" {
   }
 
   validation {
+<<<<<<< HEAD
     condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false)])
     error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false))])}, when set, must be in (0, 604800] seconds (a week)."
+=======
+    condition     = alltrue([for p in var.worker_pools : p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.prewarm_confidence/prewarm_max_misses/prewarm_margin_s (${p.scaling.prewarm_confidence}/${p.scaling.prewarm_max_misses}/${p.scaling.prewarm_margin_s})" if !(p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0)])}: prewarm_confidence must be a whole number >= 2, prewarm_max_misses a whole number >= 1 and prewarm_margin_s >= 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false))])}, when set, must be > 0."
+>>>>>>> 80fe71d (wip learned prewarm on controller)
   }
 }
 

@@ -461,3 +461,13 @@ def test_metrics_namespace_is_a_cloudwatch_namespace(namespace: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(with_change("metrics_namespace", namespace))
     assert caught.value.field == "metrics_namespace"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("prewarm_confidence", 1), ("prewarm_max_misses", 0), ("prewarm_margin_s", -5), ("learned_prewarm", 1)],
+)
+def test_bad_prewarm_setting_names_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(with_change(f"pools.default.{field}", value))
+    assert caught.value.field == f"pools.default.{field}"

@@ -594,6 +594,16 @@ run "schedule_min_above_max_workers" {
   expect_failures = [var.worker_pools]
 }
 
+run "prewarm_confidence_below_two" {
+  command = plan
+
+  variables {
+    worker_pools = { default = { image = "app:1", queues = ["celery"], scaling = { prewarm_confidence = 1 } } }
+  }
+
+  expect_failures = [var.worker_pools]
+}
+
 run "schedules_valid_in_named_zones" {
   command = plan
 

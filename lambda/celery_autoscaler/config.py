@@ -158,6 +158,10 @@ class PoolConfig:
     stale_after_s: float = 90.0
     fallback_count: int | None = None
     schedules: tuple[Schedule, ...] = ()
+    learned_prewarm: bool = True
+    prewarm_confidence: int = 3
+    prewarm_margin_s: float = 0.0
+    prewarm_max_misses: int = 2
     wait_target_s: float | None = None
     drain_time_s: float = 30.0
     scale_in_tolerance: float = 0.1
@@ -223,6 +227,10 @@ _POOL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "scale_in_tolerance": (int, float),
     "start_delay_s": (int, float),
     "schedules": list,
+    "learned_prewarm": bool,
+    "prewarm_confidence": int,
+    "prewarm_margin_s": (int, float),
+    "prewarm_max_misses": int,
 }
 _SCHEDULE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -394,6 +402,9 @@ def _pool(name: str, raw: Any) -> PoolConfig:
     _require(pool.drain_time_s > 0, f"{path}.drain_time_s", "must be > 0")
     _require(0 <= pool.scale_in_tolerance < 1, f"{path}.scale_in_tolerance", "must be in [0, 1)")
     _require(pool.start_delay_s >= 0, f"{path}.start_delay_s", "must be >= 0")
+    _require(pool.prewarm_confidence >= 2, f"{path}.prewarm_confidence", "must be >= 2 (onsets at the same period)")
+    _require(pool.prewarm_margin_s >= 0, f"{path}.prewarm_margin_s", "must be >= 0")
+    _require(pool.prewarm_max_misses >= 1, f"{path}.prewarm_max_misses", "must be >= 1")
     return pool
 
 

@@ -44,6 +44,8 @@ from celery_autoscaler.config import PoolConfig
 from celery_autoscaler.estimates import Estimates, EstimatorState, observe, record_raise
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 from celery_autoscaler.pause import Pause
+from celery_autoscaler.recurrence import RecurrenceState, prewarm_floor
+from celery_autoscaler.recurrence import observe as learn
 from celery_autoscaler.schedules import schedule_floor
 
 BETA = 1.0
@@ -70,6 +72,7 @@ class PoolState:
     pause: Pause | None = None
     last_reason: str | None = None
     estimator: EstimatorState = field(default_factory=EstimatorState)
+    recurrence: RecurrenceState = field(default_factory=RecurrenceState)
     version: int = 0
 
 
@@ -101,22 +104,37 @@ def _hold(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, wh
     """Missing or stale data: never lower the count; raise it to the fallback if one is configured."""
     current = measurements.current_desired
     desired = current if pool.fallback_count is None else max(current, pool.fallback_count)
-    desired, reason = _floor(_clamp(desired, pool), f"hold: {why} -> {desired}", pool, now)
+    lead_s = _lead_s(pool, state, now, pool.start_delay_s)
+    desired, reason = _floor(_clamp(desired, pool), f"hold: {why} -> {desired}", pool, now, state.recurrence, lead_s)
     new_state = replace(state, consecutive_failures=state.consecutive_failures + 1)
     return Decision(desired, reason, new_state)
 
 
-def _floor(desired: int, reason: str, pool: PoolConfig, now: float) -> tuple[int, str]:
-    """The floor step, after sizing: a declared schedule's minimum while its window is open.
+def _lead_s(pool: PoolConfig, state: PoolState, now: float, start_delay_s: float) -> float:
+    """How long before a predicted onset to raise the pool: a start, the margin, and a tick (ticks are discrete)."""
+    tick_s = now - state.recurrence.at if state.recurrence.at is not None else 0.0
+    return start_delay_s + pool.prewarm_margin_s + min(tick_s, 60.0)
+
+
+def _floor(
+    desired: int, reason: str, pool: PoolConfig, now: float, recurrence: RecurrenceState, lead_s: float
+) -> tuple[int, str]:
+    """The floor step, after sizing: a declared schedule's minimum while its window is open, and the
+    learned pre-warm before a predicted onset (recurrence.py).
 
     It only ever raises the count the rule above asks for (never past max_workers), and it is not
     remembered as a recommendation, so the count falls back to the rule's as soon as the window closes.
     """
     minimum, name = schedule_floor(pool.schedules, now)
+    why = f"schedule {name!r} minimum"
+    if pool.learned_prewarm:
+        learned, predicted = prewarm_floor(recurrence, now, lead_s, pool.prewarm_confidence, pool.prewarm_max_misses)
+        if learned > minimum:
+            minimum, why = learned, f"pre-warm ({predicted})"
     minimum = min(minimum, pool.max_workers)
     if minimum <= desired:
         return desired, reason
-    return minimum, f"{reason}; schedule {name!r} minimum -> {minimum}"
+    return minimum, f"{reason}; {why} -> {minimum}"
 
 
 def erlang_c_slots(load: float, run_s: float, wait_s: float, quantile: float = WAIT_QUANTILE) -> int:
@@ -253,7 +271,15 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         desired = current
         reason = f"steady: {load_text}; {sizing} -> {desired}"
 
-    desired, reason = _floor(_clamp(desired, pool), reason, pool, now)
+    desired = _clamp(desired, pool)
+    lead_s = _lead_s(pool, state, now, estimates.start_delay_s)
+    recurrence = state.recurrence
+    if pool.learned_prewarm:
+        rate = estimator.rates[-1][1] if estimator.rates and estimator.rates[-1][0] == now else None
+        run_s = estimates.mean_run_s
+        per_worker = pool.concurrency * pool.target_utilisation * pool.drain_time_s / run_s if run_s else None
+        recurrence = learn(recurrence, now, rate, load.oldest_age_s, desired, per_worker, pool.prewarm_max_misses)
+    desired, reason = _floor(desired, reason, pool, now, recurrence, lead_s)
     if desired > current:
         estimator = record_raise(estimator, now, desired, measurements.running)
     new_state = replace(
@@ -264,5 +290,6 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         last_desired=desired,
         consecutive_failures=0,
         estimator=estimator,
+        recurrence=recurrence,
     )
     return Decision(desired, reason, new_state, estimates)

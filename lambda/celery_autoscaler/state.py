@@ -22,6 +22,7 @@ from celery_autoscaler.aws import Backoff, client_config
 from celery_autoscaler.estimates import EstimatorState
 from celery_autoscaler.pause import Pause
 from celery_autoscaler.policy import PoolState
+from celery_autoscaler.recurrence import RecurrenceState
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -135,6 +136,14 @@ def _estimator(body: dict[str, Any]) -> EstimatorState:
         raise CorruptStateError(f"field 'estimator' is not an estimator state ({str(exc)[:60]})") from exc
 
 
+def _recurrence(body: dict[str, Any]) -> RecurrenceState:
+    """The learned recurrences; an item written before learning existed has none (not corrupt: start afresh)."""
+    try:
+        return RecurrenceState.from_json(body.get("recurrence"))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CorruptStateError(f"field 'recurrence' is not a recurrence state ({str(exc)[:60]})") from exc
+
+
 def decode_state(text: str, version: int) -> PoolState:
     """The ``PoolState`` in ``text``; :class:`CorruptStateError` naming the field if it is not one."""
     try:
@@ -162,6 +171,7 @@ def decode_state(text: str, version: int) -> PoolState:
         pause=_pause(body),
         last_reason=_last_reason(body),
         estimator=_estimator(body),
+        recurrence=_recurrence(body),
         version=version,
     )
 
