@@ -419,18 +419,13 @@ variable "worker_pools" {
   }
 
   validation {
-<<<<<<< HEAD
-    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false))])}, when set, must be in (0, 604800] seconds (a week)."
-=======
     condition     = alltrue([for p in var.worker_pools : p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0])
     error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].scaling.prewarm_confidence/prewarm_max_misses/prewarm_margin_s (${p.scaling.prewarm_confidence}/${p.scaling.prewarm_max_misses}/${p.scaling.prewarm_margin_s})" if !(p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0)])}: prewarm_confidence must be a whole number >= 2, prewarm_max_misses a whole number >= 1 and prewarm_margin_s >= 0."
   }
 
   validation {
-    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false)])
-    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false))])}, when set, must be > 0."
->>>>>>> 80fe71d (wip learned prewarm on controller)
+    condition     = alltrue([for p in var.worker_pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false)])
+    error_message = "${join(", ", [for n, p in var.worker_pools : "worker_pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false))])}, when set, must be in (0, 604800] seconds (a week)."
   }
 }
 
