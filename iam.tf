@@ -1,9 +1,4 @@
 locals {
-  # ARNs built from names so every policy below is exact at plan time.
-  cluster_iam_arn  = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:cluster/${local.cluster_name}"
-  scaler_log_arn   = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.scaler_log_group}"
-  scaler_dlq_name  = "${var.name}-scaler-dlq"
-  scaler_dlq_arn   = "arn:${local.partition}:sqs:${local.region}:${local.account_id}:${local.scaler_dlq_name}"
   kms_key_arns     = compact([var.kms_key_arn, var.broker.url_secret_kms_key_arn])
   service_role_arn = "arn:${local.partition}:iam::aws:policy/service-role"
 
@@ -17,8 +12,8 @@ locals {
   container_secretsmanager_arns = distinct([for a in local.container_secret_arns : join(":", slice(split(":", a), 0, 7)) if strcontains(a, ":secretsmanager:")])
   container_ssm_arns            = [for a in local.container_secret_arns : a if strcontains(a, ":ssm:")]
 
-  # Trust policies of the execution, scaler and scheduler roles: only this account's service may assume them.
-  assume_role_policy = { for service in ["ecs-tasks", "lambda", "scheduler"] : service => jsonencode({
+  # Trust policy of the execution role: only this account's ECS tasks may assume it.
+  assume_role_policy = { for service in ["ecs-tasks"] : service => jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
@@ -152,160 +147,4 @@ resource "aws_iam_role_policy" "task" {
   name   = "workers"
   role   = aws_iam_role.task.name
   policy = jsonencode({ Version = "2012-10-17", Statement = local.task_role_statements })
-}
-
-################################################################################
-# Scaler role (the Lambda)
-################################################################################
-
-resource "aws_iam_role" "scaler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name                 = local.scaler_name
-  description          = "Celery autoscaler Lambda of ${var.name}"
-  permissions_boundary = var.iam_permissions_boundary
-  assume_role_policy   = local.assume_role_policy["lambda"]
-
-  tags = local.tags
-}
-
-# ENI management for the VPC-attached Lambda (ec2:*NetworkInterface* cannot be scoped further).
-resource "aws_iam_role_policy_attachment" "scaler_vpc" {
-  count = var.scaler.enabled ? 1 : 0
-
-  role       = aws_iam_role.scaler[0].name
-  policy_arn = "${local.service_role_arn}/AWSLambdaVPCAccessExecutionRole"
-}
-
-resource "aws_iam_role_policy_attachment" "scaler_xray" {
-  count = var.scaler.enabled && var.scaler.tracing_mode == "Active" ? 1 : 0
-
-  role       = aws_iam_role.scaler[0].name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
-}
-
-resource "aws_iam_role_policy" "scaler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name = "scaler"
-  role = aws_iam_role.scaler[0].name
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = concat(
-      [
-        {
-          Sid      = "ScaleOwnServices"
-          Effect   = "Allow"
-          Action   = ["ecs:DescribeServices", "ecs:UpdateService"]
-          Resource = values(local.pool_service_arns)
-        },
-        {
-          Sid       = "ListOwnClusterTasks"
-          Effect    = "Allow"
-          Action    = ["ecs:ListTasks"]
-          Resource  = ["*"]
-          Condition = { ArnEquals = { "ecs:cluster" = local.cluster_iam_arn } }
-        },
-        {
-          Sid      = "ReadTaskProtection"
-          Effect   = "Allow"
-          Action   = ["ecs:GetTaskProtection"]
-          Resource = [local.task_arn_pattern]
-        },
-        {
-          Sid      = "StateTable"
-          Effect   = "Allow"
-          Action   = ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
-          Resource = [local.scaler_state_arn]
-        },
-        {
-          # Its log lines carry the metrics too (CloudWatch embedded metric format): no PutMetricData.
-          Sid      = "Logs"
-          Effect   = "Allow"
-          Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-          Resource = ["${local.scaler_log_arn}:*"]
-        },
-        {
-          Sid      = "DeadLetters"
-          Effect   = "Allow"
-          Action   = ["sqs:SendMessage"]
-          Resource = [local.scaler_dlq_arn]
-        },
-      ],
-      local.broker_is_sqs ? [] : [{
-        Sid      = "BrokerUrl"
-        Effect   = "Allow"
-        Action   = ["secretsmanager:GetSecretValue"]
-        Resource = [local.broker_secret_arn]
-      }],
-      local.broker_is_sqs ? [
-        {
-          Sid      = "MeasureQueues"
-          Effect   = "Allow"
-          Action   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
-          Resource = local.sqs_queue_arns
-        },
-        {
-          # The age of the oldest message is a CloudWatch metric; GetMetricData has no resource-level permissions.
-          Sid      = "QueueAges"
-          Effect   = "Allow"
-          Action   = ["cloudwatch:GetMetricData"]
-          Resource = ["*"]
-        },
-      ] : [],
-      length(local.kms_key_arns) > 0 ? [{
-        Sid      = "Decrypt"
-        Effect   = "Allow"
-        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
-        Resource = local.kms_key_arns
-      }] : [],
-    )
-  })
-}
-
-################################################################################
-# Scheduler role (EventBridge Scheduler invokes the Lambda every minute)
-################################################################################
-
-resource "aws_iam_role" "scheduler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name                 = "${var.name}-scaler-schedule"
-  description          = "EventBridge Scheduler role that invokes the Celery autoscaler of ${var.name}"
-  permissions_boundary = var.iam_permissions_boundary
-  assume_role_policy   = local.assume_role_policy["scheduler"]
-
-  tags = local.tags
-}
-
-resource "aws_iam_role_policy" "scheduler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name = "invoke-scaler"
-  role = aws_iam_role.scheduler[0].name
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = concat(
-      [
-        {
-          Sid      = "InvokeScaler"
-          Effect   = "Allow"
-          Action   = ["lambda:InvokeFunction"]
-          Resource = [local.scaler_function, "${local.scaler_function}:*"]
-        },
-        {
-          Sid      = "DeadLetters"
-          Effect   = "Allow"
-          Action   = ["sqs:SendMessage"]
-          Resource = [local.scaler_dlq_arn]
-        },
-      ],
-      var.kms_key_arn != null ? [{
-        Sid      = "EncryptDeadLetters"
-        Effect   = "Allow"
-        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
-        Resource = [var.kms_key_arn]
-      }] : [],
-    )
-  })
 }

@@ -34,13 +34,11 @@ locals {
   # Workers
   ################################################################################
 
-  # Service ARNs are built from names (not read back) so the scaler's IAM policy is exact at plan time.
-  pool_services      = { for pool, _ in var.worker_pools : pool => "${var.name}-${pool}" }
-  service_arn_prefix = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:service/${local.cluster_name}"
-  pool_service_arns  = { for pool, service in local.pool_services : pool => "${local.service_arn_prefix}/${service}" }
-  task_arn_pattern   = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${local.cluster_name}/*"
-  beat_service       = "${var.name}-beat"
-  worker_log_group   = "/ecs/${var.name}"
+  # Names, not read back, so the scaler's IAM policy (modules/scaler) is exact at plan time.
+  pool_services    = { for pool, _ in var.worker_pools : pool => "${var.name}-${pool}" }
+  task_arn_pattern = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${local.cluster_name}/*"
+  beat_service     = "${var.name}-beat"
+  worker_log_group = "/ecs/${var.name}"
 
   ################################################################################
   # Broker
@@ -61,16 +59,8 @@ locals {
   )
 
   ################################################################################
-  # Scaler
+  # Schedules (worker_pools.NAME.scaling.schedules; modules/scaler validates its pools the same way)
   ################################################################################
-
-  scaler_name       = "${var.name}-scaler"
-  state_table_name  = "${var.name}-scaler-state"
-  scaler_log_group  = "/aws/lambda/${local.scaler_name}"
-  scaler_package    = var.scaler.s3_bucket == null ? coalesce(var.scaler.package_path, "${path.module}/lambda/dist/celery-autoscaler-lambda.zip") : null
-  scaler_function   = "arn:${local.partition}:lambda:${local.region}:${local.account_id}:function:${local.scaler_name}"
-  scaler_state_arn  = "arn:${local.partition}:dynamodb:${local.region}:${local.account_id}:table/${local.state_table_name}"
-  scaler_vpc_access = "arn:${local.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 
   # A 5-field cron expression as the scaler parses it (lambda/celery_autoscaler/schedules.py); the scaler
   # also rejects ranges that run backwards. tests/test_config.py checks this pattern against the parser.
@@ -83,34 +73,6 @@ locals {
   }
   cron_fields  = [for f in ["minute", "hour", "day", "month", "week"] : format("(\\*|(%[1]s)(-(%[1]s))?)(/[1-9][0-9]*)?(,(\\*|(%[1]s)(-(%[1]s))?)(/[1-9][0-9]*)?)*", local.cron_values[f])]
   cron_pattern = "(?i)^\\s*${join("\\s+", local.cron_fields)}\\s*$"
-
-  # The scaler's configuration document: the schema of lambda/celery_autoscaler/config.py, key for key.
-  # It holds the broker secret's ARN, never a URL with a password (SQS's "sqs://" holds none).
-  scaler_config = {
-    broker = merge(local.broker_is_sqs ? { url = "sqs://" } : { url_secret_arn = local.broker_secret_arn }, {
-      key_prefix              = var.broker.key_prefix
-      priority_sep            = var.broker.priority_sep
-      publish_time_header     = var.broker.publish_time_header
-      unacked_scan_interval_s = var.broker.unacked_scan_interval_s
-      unacked_scan_cap        = var.broker.unacked_scan_cap
-      socket_timeout_s        = var.broker.socket_timeout_s
-      region                  = local.region
-      queue_name_prefix       = var.broker.queue_name_prefix
-      management_url          = local.rabbitmq_management_url
-    })
-    cluster = local.cluster_name
-    # A pool's scaling settings carry the scaler's names, so they pass through as they are.
-    pools = { for pool, p in var.worker_pools : pool => merge(p.scaling, {
-      service     = local.pool_services[pool]
-      queues      = p.queues
-      concurrency = p.concurrency
-    }) }
-    state_table          = local.state_table_name
-    tick_interval_s      = var.scaler.tick_interval_s
-    ticks_per_invocation = var.scaler.ticks_per_invocation
-    dry_run              = var.scaler.dry_run
-    metrics_namespace    = var.scaler.metrics_namespace
-  }
 }
 
 ################################################################################

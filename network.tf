@@ -5,17 +5,26 @@ locals {
   # Who may open connections to the broker (and to the interface endpoints): the workers and the scaler.
   broker_clients = merge(
     { workers = aws_security_group.workers.id },
-    var.scaler.enabled ? { scaler = aws_security_group.scaler[0].id } : {},
+    var.scaler.enabled ? { scaler = module.scaler.security_group_id } : {},
   )
-  # What each of them opens on a created broker: Redis's port; on RabbitMQ AMQPS for the workers
-  # and beat, the management API (HTTPS) for the scaler.
-  broker_ingress = {
-    for client, group in local.broker_clients : client => {
-      group       = group
-      port        = var.broker.type == "redis" ? var.broker.port : client == "scaler" ? 443 : 5671
-      description = var.broker.type == "redis" ? "Redis from the ${client}" : client == "scaler" ? "RabbitMQ management API (HTTPS) from the scaler" : "AMQPS from the workers and beat"
-    }
-  }
+  # What each of them opens on a created broker: Redis's port; on RabbitMQ AMQPS for the workers,
+  # beat and the producers, the management API (HTTPS) for the scaler.
+  broker_ingress = merge(
+    {
+      for client, group in local.broker_clients : client => {
+        group       = group
+        port        = var.broker.type == "redis" ? var.broker.port : client == "scaler" ? 443 : 5671
+        description = var.broker.type == "redis" ? "Redis from the ${client}" : client == "scaler" ? "RabbitMQ management API (HTTPS) from the scaler" : "AMQPS from the workers and beat"
+      }
+    },
+    {
+      for name, group in var.producer_security_group_ids : "producer ${name}" => {
+        group       = group
+        port        = var.broker.type == "redis" ? var.broker.port : 5671
+        description = "${var.broker.type == "redis" ? "Redis" : "AMQPS"} from the producer ${name}"
+      }
+    },
+  )
   broker_names = { redis = "Redis", rabbitmq = "RabbitMQ" }
 }
 
@@ -68,47 +77,6 @@ resource "aws_vpc_security_group_ingress_rule" "broker" {
 }
 
 ################################################################################
-# Scaler
-################################################################################
-
-resource "aws_security_group" "scaler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name        = "${var.name}-scaler"
-  description = "Scaler Lambda of ${var.name}"
-  vpc_id      = var.vpc_id
-
-  tags = merge(local.tags, { Name = "${var.name}-scaler" })
-}
-
-resource "aws_vpc_security_group_egress_rule" "scaler_https" {
-  count = var.scaler.enabled ? 1 : 0
-
-  security_group_id = aws_security_group.scaler[0].id
-  description       = "AWS APIs (ECS, DynamoDB, Secrets Manager, CloudWatch) through NAT or VPC endpoints"
-  ip_protocol       = "tcp"
-  from_port         = 443
-  to_port           = 443
-  cidr_ipv4         = "0.0.0.0/0"
-
-  tags = local.tags
-}
-
-resource "aws_vpc_security_group_egress_rule" "scaler_broker" {
-  count = var.scaler.enabled && !local.broker_is_sqs ? 1 : 0
-
-  security_group_id            = aws_security_group.scaler[0].id
-  description                  = var.broker.type == "redis" ? "Redis broker" : "RabbitMQ management API"
-  ip_protocol                  = "tcp"
-  from_port                    = local.scaler_broker_port
-  to_port                      = local.scaler_broker_port
-  referenced_security_group_id = local.create_broker ? aws_security_group.broker[0].id : null
-  # An existing broker's address is unknown to the module: allow its port anywhere.
-  cidr_ipv4 = local.create_broker ? null : "0.0.0.0/0"
-
-  tags = local.tags
-}
-
 ################################################################################
 # VPC endpoints
 ################################################################################

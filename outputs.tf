@@ -54,6 +54,27 @@ output "broker_secret_arn" {
   value       = local.broker_secret_arn
 }
 
+output "broker_secret_read_policy_json" {
+  description = "IAM policy document (JSON) that reads the broker URL secret (and decrypts it, with a customer managed key): attach it to the producers' roles (web app, cron jobs) so they get the broker URL as the workers do."
+  value = jsonencode({
+    Version = "2012-10-17"
+    Statement = concat(
+      [{
+        Sid      = "ReadBrokerUrl"
+        Effect   = "Allow"
+        Action   = ["secretsmanager:GetSecretValue"]
+        Resource = [local.broker_secret_arn]
+      }],
+      length(local.kms_key_arns) > 0 ? [{
+        Sid      = "DecryptBrokerUrl"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt"]
+        Resource = local.kms_key_arns
+      }] : [],
+    )
+  })
+}
+
 output "redis_endpoint" {
   description = "Primary endpoint address of the created Redis, or null with an existing broker or RabbitMQ."
   value       = try(aws_elasticache_replication_group.broker[0].primary_endpoint_address, null)
@@ -100,37 +121,37 @@ output "rabbitmq_management_url" {
 
 output "scaler_function_name" {
   description = "Name of the scaler Lambda function."
-  value       = try(aws_lambda_function.scaler[0].function_name, null)
+  value       = module.scaler.function_name
 }
 
 output "scaler_function_arn" {
   description = "ARN of the scaler Lambda function."
-  value       = try(aws_lambda_function.scaler[0].arn, null)
+  value       = module.scaler.function_arn
 }
 
 output "scaler_state_table_name" {
   description = "Name of the scaler's DynamoDB state table."
-  value       = try(aws_dynamodb_table.scaler_state[0].name, null)
+  value       = module.scaler.state_table_name
 }
 
 output "scaler_state_table_arn" {
   description = "ARN of the scaler's DynamoDB state table."
-  value       = try(aws_dynamodb_table.scaler_state[0].arn, null)
+  value       = module.scaler.state_table_arn
 }
 
 output "scaler_dead_letter_queue_arn" {
   description = "ARN of the SQS queue receiving failed or undeliverable scaler invocations."
-  value       = try(aws_sqs_queue.scaler_dlq[0].arn, null)
+  value       = module.scaler.dead_letter_queue_arn
 }
 
 output "scaler_schedule_arn" {
   description = "ARN of the EventBridge Scheduler schedule that invokes the scaler."
-  value       = try(aws_scheduler_schedule.scaler[0].arn, null)
+  value       = module.scaler.schedule_arn
 }
 
 output "scaler_config" {
   description = "The scaler's configuration document (CELERY_AUTOSCALER_CONFIG), as an object. It names the broker secret's ARN, never the URL."
-  value       = local.scaler_config
+  value       = module.scaler.config
 }
 
 ################################################################################
@@ -154,7 +175,7 @@ output "task_role_name" {
 
 output "scaler_role_arn" {
   description = "ARN of the scaler Lambda's role."
-  value       = try(aws_iam_role.scaler[0].arn, null)
+  value       = module.scaler.role_arn
 }
 
 ################################################################################
@@ -168,7 +189,7 @@ output "worker_security_group_id" {
 
 output "scaler_security_group_id" {
   description = "Security group of the scaler Lambda (allow it on an existing broker)."
-  value       = try(aws_security_group.scaler[0].id, null)
+  value       = module.scaler.security_group_id
 }
 
 output "broker_security_group_id" {
@@ -182,5 +203,5 @@ output "broker_security_group_id" {
 
 output "dashboard_name" {
   description = "Name of the CloudWatch dashboard, or null when disabled."
-  value       = try(aws_cloudwatch_dashboard.this[0].dashboard_name, null)
+  value       = module.scaler.dashboard_name
 }

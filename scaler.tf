@@ -1,146 +1,170 @@
 ################################################################################
-# State table (one item per pool: last decision, windows, last seen counts)
+# Scaler: the same submodule users call for services of their own (modules/scaler)
 ################################################################################
 
-resource "aws_dynamodb_table" "scaler_state" {
-  count = var.scaler.enabled ? 1 : 0
+module "scaler" {
+  source = "./modules/scaler"
 
-  name         = local.state_table_name
-  billing_mode = "PAY_PER_REQUEST"
-  hash_key     = "pool"
+  create                   = var.scaler.enabled
+  name                     = var.name
+  tags                     = var.tags
+  kms_key_arn              = var.kms_key_arn
+  iam_permissions_boundary = var.iam_permissions_boundary
+  vpc_id                   = var.vpc_id
+  subnet_ids               = var.subnet_ids
 
-  attribute {
-    name = "pool"
-    type = "S"
+  cluster = local.cluster_name
+  pools = { for pool, p in var.worker_pools : pool => {
+    service                 = local.pool_services[pool]
+    queues                  = p.queues
+    concurrency             = p.concurrency
+    oldest_task_age_alarm_s = p.oldest_task_age_alarm_s
+    scaling                 = p.scaling
+  } }
+
+  broker = {
+    type                    = var.broker.type
+    url_secret_arn          = local.broker_is_sqs ? null : local.broker_secret_arn
+    url_secret_kms_key_arn  = var.broker.url_secret_kms_key_arn
+    port                    = local.scaler_broker_port
+    security_group_id       = local.create_broker ? aws_security_group.broker[0].id : null
+    key_prefix              = var.broker.key_prefix
+    priority_sep            = var.broker.priority_sep
+    publish_time_header     = var.broker.publish_time_header
+    unacked_scan_interval_s = var.broker.unacked_scan_interval_s
+    unacked_scan_cap        = var.broker.unacked_scan_cap
+    socket_timeout_s        = var.broker.socket_timeout_s
+    queue_name_prefix       = var.broker.queue_name_prefix
+    management_url          = local.rabbitmq_management_url
   }
 
-  point_in_time_recovery {
-    enabled = true
+  scaler = {
+    # Resolved here, relative to this module, so the path in state does not change with the layout.
+    package_path         = var.scaler.s3_bucket == null ? coalesce(var.scaler.package_path, "${path.module}/lambda/dist/celery-autoscaler-lambda.zip") : null
+    s3_bucket            = var.scaler.s3_bucket
+    s3_key               = var.scaler.s3_key
+    s3_object_version    = var.scaler.s3_object_version
+    memory_size          = var.scaler.memory_size
+    timeout              = var.scaler.timeout
+    schedule_expression  = var.scaler.schedule_expression
+    tick_interval_s      = var.scaler.tick_interval_s
+    ticks_per_invocation = var.scaler.ticks_per_invocation
+    dry_run              = var.scaler.dry_run
+    metrics_namespace    = var.scaler.metrics_namespace
+    tracing_mode         = var.scaler.tracing_mode
   }
 
-  server_side_encryption {
-    enabled     = true
-    kms_key_arn = var.kms_key_arn
-  }
+  # SQS: the scaler reads the queues' attributes and their oldest message's age (a CloudWatch metric;
+  # GetMetricData has no resource-level permissions).
+  policy_statements = local.broker_is_sqs ? [
+    { sid = "MeasureQueues", actions = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], resources = local.sqs_queue_arns },
+    { sid = "QueueAges", actions = ["cloudwatch:GetMetricData"], resources = ["*"] },
+  ] : []
 
-  tags = local.tags
+  log_retention_days = var.log_retention_days
+  monitoring         = var.monitoring
 }
 
 ################################################################################
-# Dead letters (invocations that failed or could not be delivered)
+# Moved into modules/scaler (0.3.0): existing state is kept, nothing is replaced
 ################################################################################
 
-resource "aws_sqs_queue" "scaler_dlq" {
-  count = var.scaler.enabled ? 1 : 0
-
-  name                      = local.scaler_dlq_name
-  message_retention_seconds = 1209600
-  sqs_managed_sse_enabled   = var.kms_key_arn == null ? true : null
-  kms_master_key_id         = var.kms_key_arn
-
-  tags = local.tags
+moved {
+  from = aws_dynamodb_table.scaler_state
+  to   = module.scaler.aws_dynamodb_table.state
 }
 
-################################################################################
-# Lambda
-################################################################################
-
-resource "aws_lambda_function" "scaler" {
-  #checkov:skip=CKV_AWS_50:tracing_config is always set from scaler.tracing_mode (PassThrough by default, Active optional); checkov cannot resolve an optional() default.
-  #checkov:skip=CKV_AWS_272:The package is pinned by source_code_hash of a reproducible build; code signing needs a Signer profile the user owns.
-  count = var.scaler.enabled ? 1 : 0
-
-  function_name     = local.scaler_name
-  description       = "Celery autoscaler of ${var.name}: sets each worker pool's desired count from its queues"
-  role              = aws_iam_role.scaler[0].arn
-  runtime           = "python3.12"
-  architectures     = ["arm64"]
-  handler           = "celery_autoscaler.handler.lambda_handler"
-  filename          = local.scaler_package
-  source_code_hash  = local.scaler_package != null ? filebase64sha256(local.scaler_package) : null
-  s3_bucket         = var.scaler.s3_bucket
-  s3_key            = var.scaler.s3_key
-  s3_object_version = var.scaler.s3_object_version
-  memory_size       = var.scaler.memory_size
-  timeout           = var.scaler.timeout
-  kms_key_arn       = var.kms_key_arn
-
-  # One invocation at a time: two ticks racing on the same pools would fight over desired counts.
-  reserved_concurrent_executions = 1
-
-  environment {
-    variables = {
-      CELERY_AUTOSCALER_CONFIG = jsonencode(local.scaler_config)
-    }
-  }
-
-  vpc_config {
-    subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.scaler[0].id]
-  }
-
-  dead_letter_config {
-    target_arn = aws_sqs_queue.scaler_dlq[0].arn
-  }
-
-  tracing_config {
-    mode = var.scaler.tracing_mode
-  }
-
-  tags = local.tags
-
-  lifecycle {
-    precondition {
-      condition     = length(jsonencode(local.scaler_config)) <= 4000
-      error_message = "The scaler configuration exceeds Lambda's 4 KB environment limit; use fewer pools/queues or shorter names."
-    }
-  }
-
-  depends_on = [
-    aws_cloudwatch_log_group.scaler,
-    aws_iam_role_policy.scaler,
-    aws_iam_role_policy_attachment.scaler_vpc,
-  ]
+moved {
+  from = aws_sqs_queue.scaler_dlq
+  to   = module.scaler.aws_sqs_queue.dlq
 }
 
-# A failed tick is not retried: the next scheduled invocation measures afresh.
-resource "aws_lambda_function_event_invoke_config" "scaler" {
-  count = var.scaler.enabled ? 1 : 0
-
-  function_name                = aws_lambda_function.scaler[0].function_name
-  maximum_retry_attempts       = 0
-  maximum_event_age_in_seconds = 60
+moved {
+  from = aws_lambda_function.scaler
+  to   = module.scaler.aws_lambda_function.this
 }
 
-################################################################################
-# Schedule
-################################################################################
+moved {
+  from = aws_lambda_function_event_invoke_config.scaler
+  to   = module.scaler.aws_lambda_function_event_invoke_config.this
+}
 
-resource "aws_scheduler_schedule" "scaler" {
-  count = var.scaler.enabled ? 1 : 0
+moved {
+  from = aws_scheduler_schedule.scaler
+  to   = module.scaler.aws_scheduler_schedule.this
+}
 
-  name                = local.scaler_name
-  description         = "Runs the Celery autoscaler of ${var.name}"
-  schedule_expression = var.scaler.schedule_expression
-  state               = "ENABLED"
-  kms_key_arn         = var.kms_key_arn
+moved {
+  from = aws_iam_role.scaler
+  to   = module.scaler.aws_iam_role.this
+}
 
-  flexible_time_window {
-    mode = "OFF"
-  }
+moved {
+  from = aws_iam_role_policy_attachment.scaler_vpc
+  to   = module.scaler.aws_iam_role_policy_attachment.vpc
+}
 
-  target {
-    arn      = aws_lambda_function.scaler[0].arn
-    role_arn = aws_iam_role.scheduler[0].arn
-    input    = jsonencode({ source = "schedule" })
+moved {
+  from = aws_iam_role_policy_attachment.scaler_xray
+  to   = module.scaler.aws_iam_role_policy_attachment.xray
+}
 
-    retry_policy {
-      maximum_retry_attempts       = 0
-      maximum_event_age_in_seconds = 60
-    }
+moved {
+  from = aws_iam_role_policy.scaler
+  to   = module.scaler.aws_iam_role_policy.this
+}
 
-    dead_letter_config {
-      arn = aws_sqs_queue.scaler_dlq[0].arn
-    }
-  }
+moved {
+  from = aws_iam_role.scheduler
+  to   = module.scaler.aws_iam_role.scheduler
+}
+
+moved {
+  from = aws_iam_role_policy.scheduler
+  to   = module.scaler.aws_iam_role_policy.scheduler
+}
+
+moved {
+  from = aws_security_group.scaler
+  to   = module.scaler.aws_security_group.this
+}
+
+moved {
+  from = aws_vpc_security_group_egress_rule.scaler_https
+  to   = module.scaler.aws_vpc_security_group_egress_rule.https
+}
+
+moved {
+  from = aws_vpc_security_group_egress_rule.scaler_broker
+  to   = module.scaler.aws_vpc_security_group_egress_rule.broker
+}
+
+moved {
+  from = aws_cloudwatch_log_group.scaler
+  to   = module.scaler.aws_cloudwatch_log_group.this
+}
+
+moved {
+  from = aws_cloudwatch_dashboard.this
+  to   = module.scaler.aws_cloudwatch_dashboard.this
+}
+
+moved {
+  from = aws_cloudwatch_metric_alarm.scaler_lambda_errors
+  to   = module.scaler.aws_cloudwatch_metric_alarm.lambda_errors
+}
+
+moved {
+  from = aws_cloudwatch_metric_alarm.scaler_errors
+  to   = module.scaler.aws_cloudwatch_metric_alarm.pool_errors
+}
+
+moved {
+  from = aws_cloudwatch_metric_alarm.scaler_dead_letters
+  to   = module.scaler.aws_cloudwatch_metric_alarm.dead_letters
+}
+
+moved {
+  from = aws_cloudwatch_metric_alarm.oldest_task_age
+  to   = module.scaler.aws_cloudwatch_metric_alarm.oldest_task_age
 }

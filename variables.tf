@@ -700,6 +700,18 @@ variable "broker" {
   }
 }
 
+variable "producer_security_group_ids" {
+  description = "Security groups of the broker's producers (the web app, cron jobs: whatever sends tasks), by a name of your choice. Each may connect to the created Redis on its port (with an existing broker, allow them in its own security group). Producers also read the broker URL: attach the output `broker_secret_read_policy_json` to their roles."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for name, id in var.producer_security_group_ids : can(regex("^[A-Za-z0-9_-]{1,64}$", name)) && can(regex("^sg-[0-9a-f]+$", id))])
+    error_message = "${join(", ", [for name, id in var.producer_security_group_ids : "producer_security_group_ids[\"${name}\"]" if !(can(regex("^[A-Za-z0-9_-]{1,64}$", name)) && can(regex("^sg-[0-9a-f]+$", id)))])}: a name must be 1-64 letters, digits, '_' or '-' and its value a security group id (sg-...)."
+  }
+}
+
 variable "broker_auth_token" {
   description = "AUTH token of the created Redis. Null generates one with Secrets Manager's GetRandomPassword (no extra provider). Later changes are ignored (rotate with ElastiCache's auth token update, then update the secret)."
   type        = string

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Write the README's inputs/outputs tables from the module's .tf files, or check they are current.
+"""Write the READMEs' inputs/outputs tables from the modules' .tf files, or check they are current.
 
-The tables sit between ``<!-- BEGIN_TF_DOCS -->`` and ``<!-- END_TF_DOCS -->`` in README.md. Types and
+The tables sit between ``<!-- BEGIN_TF_DOCS -->`` and ``<!-- END_TF_DOCS -->`` in README.md (the root
+module) and in each submodule's README.md (modules/NAME). Types and
 defaults are shown as written in the source (the reader sees ``optional(number, 2)``, not a value
 re-printed by a parser), so a small HCL scanner that finds each attribute's source text is enough:
 strings, ``${}`` interpolation, heredocs, comments and nested brackets are skipped correctly, and
 nothing is evaluated. Stdlib only.
 
-Usage: ``python scripts/tf_docs.py`` (rewrite README.md) or ``--check`` (exit 1 when stale).
+Usage: ``python scripts/tf_docs.py`` (rewrite the READMEs) or ``--check`` (exit 1 when one is stale).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+# Each module directory and the README holding its tables.
+MODULES = {ROOT: ROOT / "README.md", ROOT / "modules" / "scaler": ROOT / "modules" / "scaler" / "README.md"}
 BEGIN, END = "<!-- BEGIN_TF_DOCS -->", "<!-- END_TF_DOCS -->"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _HEREDOC = re.compile(r"<<(-?)([A-Za-z_][A-Za-z0-9_]*)[ \t]*\n")
@@ -246,30 +248,33 @@ def render(module_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def updated_readme(readme: str, tables: str) -> str:
+def updated_readme(readme: str, tables: str, name: str = "README.md") -> str:
     """``readme`` with the text between the markers (inclusive) replaced by ``tables``."""
     start, end = readme.find(BEGIN), readme.find(END)
     if start < 0 or end < start:
-        raise SystemExit(f"{README.name} needs {BEGIN} and {END} (in the section 'Using the module')")
+        raise SystemExit(f"{name} needs {BEGIN} and {END} (where its inputs and outputs belong)")
     return readme[:start] + tables + readme[end + len(END) :]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="README inputs/outputs tables from the module's .tf files")
-    parser.add_argument("--check", action="store_true", help="exit 1 when README.md's tables are stale")
+    parser = argparse.ArgumentParser(description="README inputs/outputs tables from the modules' .tf files")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a README's tables are stale")
     args = parser.parse_args(argv)
-    current = README.read_text()
-    wanted = updated_readme(current, render(ROOT))
-    if args.check:
-        if wanted != current:
-            print("README.md's inputs/outputs tables are stale: run `make docs` and commit README.md", file=sys.stderr)
-            return 1
-        print("README.md's inputs/outputs tables are current")
-        return 0
-    if wanted != current:
-        README.write_text(wanted)
-        print("README.md: inputs/outputs tables rewritten")
-    return 0
+    stale = 0
+    for module_dir, readme in MODULES.items():
+        name = readme.relative_to(ROOT).as_posix()
+        current = readme.read_text()
+        wanted = updated_readme(current, render(module_dir), name)
+        if wanted == current:
+            if args.check:
+                print(f"{name}'s inputs/outputs tables are current")
+        elif args.check:
+            print(f"{name}'s inputs/outputs tables are stale: run `make docs` and commit {name}", file=sys.stderr)
+            stale += 1
+        else:
+            readme.write_text(wanted)
+            print(f"{name}: inputs/outputs tables rewritten")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -231,44 +231,15 @@ run "spot_weight_sets_the_capacity_provider_strategy" {
   }
 }
 
-run "scaler_iam_is_scoped_to_this_module" {
+run "the_scaler_submodule_scales_exactly_this_modules_worker_services" {
   command = apply
 
   assert {
-    condition = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "ScaleOwnServices"][0] == [
-      "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-default",
-      "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-reports",
-    ]
-    error_message = "The scaler may describe/update exactly this module's worker services (not beat, not '*')."
-  }
-
-  assert {
-    condition     = alltrue([for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : !contains(s.Resource, "*") || can(s.Condition)])
-    error_message = "A scaler statement on Resource '*' must carry a condition that scopes it."
-  }
-
-  assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Condition if s.Sid == "ListOwnClusterTasks"][0] == { ArnEquals = { "ecs:cluster" = "arn:aws:ecs:eu-west-1:123456789012:cluster/celery" } }
-    error_message = "ecs:ListTasks is limited to this cluster."
-  }
-
-  assert {
-    condition = toset(flatten(jsondecode(aws_iam_role_policy.scaler[0].policy).Statement[*].Action)) == toset([
-      "ecs:DescribeServices", "ecs:UpdateService", "ecs:ListTasks", "ecs:GetTaskProtection",
-      "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-      "secretsmanager:GetSecretValue", "logs:CreateLogStream", "logs:PutLogEvents", "sqs:SendMessage",
-    ])
-    error_message = "The scaler's inline policy grants exactly what it calls (metrics go out as EMF log lines)."
-  }
-
-  assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "StateTable"][0] == ["arn:aws:dynamodb:eu-west-1:123456789012:table/celery-scaler-state"]
-    error_message = "DynamoDB access is limited to the state table."
-  }
-
-  assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "BrokerUrl"][0] == [aws_secretsmanager_secret.broker[0].arn]
-    error_message = "The scaler reads only the broker secret."
+    condition = module.scaler.service_arns == {
+      default = "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-default"
+      reports = "arn:aws:ecs:eu-west-1:123456789012:service/celery/celery-reports"
+    }
+    error_message = "The scaler (modules/scaler) may describe/update exactly this module's worker services (not beat, not '*')."
   }
 
   assert {
@@ -277,79 +248,22 @@ run "scaler_iam_is_scoped_to_this_module" {
   }
 
   assert {
-    condition = alltrue([for r in [aws_iam_role.task_execution, aws_iam_role.task, aws_iam_role.scaler[0], aws_iam_role.scheduler[0]] :
+    condition = alltrue([for r in [aws_iam_role.task_execution, aws_iam_role.task] :
     jsondecode(r.assume_role_policy).Statement[0].Condition.StringEquals["aws:SourceAccount"] == "123456789012"])
     error_message = "Every assume-role policy carries an aws:SourceAccount condition."
   }
 
   assert {
-    condition     = jsondecode(aws_iam_role_policy.scheduler[0].policy).Statement[0].Resource == ["arn:aws:lambda:eu-west-1:123456789012:function:celery-scaler", "arn:aws:lambda:eu-west-1:123456789012:function:celery-scaler:*"]
-    error_message = "The schedule's role may invoke only the scaler."
-  }
-}
-
-run "scaler_lambda_schedule_and_state" {
-  command = apply
-
-  assert {
     condition = (
-      aws_lambda_function.scaler[0].runtime == "python3.12" &&
-      aws_lambda_function.scaler[0].architectures == tolist(["arm64"]) &&
-      aws_lambda_function.scaler[0].handler == "celery_autoscaler.handler.lambda_handler" &&
-      aws_lambda_function.scaler[0].reserved_concurrent_executions == 1 &&
-      aws_lambda_function.scaler[0].timeout == 70
+      output.scaler_function_name == "celery-scaler" && output.scaler_state_table_name == "celery-scaler-state" &&
+      output.dashboard_name == "celery" && output.scaler_config.state_table == output.scaler_state_table_name
     )
-    error_message = "The scaler Lambda: python3.12 on arm64, the package's handler, one concurrent invocation, 70 s."
+    error_message = "The scaler's resources keep the names they had before the submodule (no replacement on upgrade)."
   }
 
   assert {
-    condition     = aws_lambda_function.scaler[0].source_code_hash == filebase64sha256("${path.module}/lambda/dist/celery-autoscaler-lambda.zip")
-    error_message = "The Lambda is deployed from the committed zip, redeployed when its bytes change."
-  }
-
-  assert {
-    condition     = aws_lambda_function.scaler[0].environment[0].variables.CELERY_AUTOSCALER_CONFIG == jsonencode(output.scaler_config)
-    error_message = "The Lambda's CELERY_AUTOSCALER_CONFIG is the scaler_config output."
-  }
-
-  assert {
-    condition     = length(aws_lambda_function.scaler[0].vpc_config[0].subnet_ids) == 2 && aws_lambda_function.scaler[0].dead_letter_config[0].target_arn == aws_sqs_queue.scaler_dlq[0].arn
-    error_message = "The Lambda runs in the private subnets and sends failed invocations to the dead-letter queue."
-  }
-
-  assert {
-    condition     = aws_lambda_function.scaler[0].tracing_config[0].mode == "PassThrough" && length(aws_iam_role_policy_attachment.scaler_xray) == 0
-    error_message = "Tracing is PassThrough by default, without X-Ray permissions."
-  }
-
-  assert {
-    condition     = aws_sqs_queue.scaler_dlq[0].sqs_managed_sse_enabled
-    error_message = "The dead-letter queue is encrypted."
-  }
-
-  assert {
-    condition = (
-      aws_scheduler_schedule.scaler[0].schedule_expression == "rate(1 minute)" &&
-      aws_scheduler_schedule.scaler[0].target[0].arn == aws_lambda_function.scaler[0].arn &&
-      aws_scheduler_schedule.scaler[0].target[0].retry_policy[0].maximum_retry_attempts == 0
-    )
-    error_message = "EventBridge Scheduler invokes the scaler every minute without retries."
-  }
-
-  assert {
-    condition = (
-      aws_dynamodb_table.scaler_state[0].billing_mode == "PAY_PER_REQUEST" &&
-      aws_dynamodb_table.scaler_state[0].hash_key == "pool" &&
-      one(aws_dynamodb_table.scaler_state[0].attribute).type == "S" &&
-      aws_dynamodb_table.scaler_state[0].point_in_time_recovery[0].enabled &&
-      aws_dynamodb_table.scaler_state[0].server_side_encryption[0].enabled
-    )
-    error_message = "The state table: on demand, hash key pool (S), point-in-time recovery and encryption on."
-  }
-
-  assert {
-    condition     = aws_cloudwatch_log_group.scaler[0].retention_in_days == 30 && aws_cloudwatch_log_group.workers.retention_in_days == 30
-    error_message = "Both log groups keep logs for log_retention_days."
+    condition     = aws_cloudwatch_log_group.workers.retention_in_days == 30
+    error_message = "The workers' log group keeps logs for log_retention_days."
   }
 }
 
@@ -486,13 +400,8 @@ run "existing_broker_and_cluster" {
   }
 
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s.Resource if s.Sid == "ScaleOwnServices"][0][0] == "arn:aws:ecs:eu-west-1:123456789012:service/shared/celery-default"
+    condition     = module.scaler.service_arns.default == "arn:aws:ecs:eu-west-1:123456789012:service/shared/celery-default"
     error_message = "Service ARNs in the scaler policy follow the existing cluster's name."
-  }
-
-  assert {
-    condition     = aws_vpc_security_group_egress_rule.scaler_broker[0].cidr_ipv4 == "0.0.0.0/0" && aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 6379
-    error_message = "The scaler may reach an existing broker's port."
   }
 }
 
@@ -519,13 +428,13 @@ run "options_off_and_overrides" {
   }
 
   assert {
-    condition     = length(aws_ecs_service.beat) == 0 && length(aws_cloudwatch_dashboard.this) == 0 && length(aws_cloudwatch_metric_alarm.oldest_task_age) == 0
-    error_message = "Beat, dashboard and alarms can be switched off."
+    condition     = length(aws_ecs_service.beat) == 0 && output.dashboard_name == null
+    error_message = "Beat and the dashboard can be switched off."
   }
 
   assert {
-    condition     = aws_lambda_function.scaler[0].s3_bucket == "artifacts" && aws_lambda_function.scaler[0].filename == null && output.scaler_config.dry_run
-    error_message = "The package can come from S3; dry_run reaches the config."
+    condition     = output.scaler_config.dry_run
+    error_message = "dry_run reaches the config."
   }
 
   assert {
@@ -570,36 +479,40 @@ run "vpc_endpoints" {
   }
 }
 
-run "monitoring" {
-  command = plan
-
-  assert {
-    condition     = toset(keys(aws_cloudwatch_metric_alarm.oldest_task_age)) == toset(["default", "reports"]) && aws_cloudwatch_metric_alarm.oldest_task_age["default"].threshold == 900
-    error_message = "One oldest-task-age alarm per pool."
-  }
-
-  assert {
-    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 3 + 3 * 2
-    error_message = "The dashboard has the scaler's widgets and three per pool."
-  }
-
-  assert {
-    condition     = aws_cloudwatch_metric_alarm.scaler_lambda_errors[0].dimensions.FunctionName == "celery-scaler" && aws_cloudwatch_metric_alarm.scaler_errors["reports"].namespace == "CeleryAutoscaler" && aws_cloudwatch_metric_alarm.scaler_errors["reports"].dimensions.Pool == "reports"
-    error_message = "The scaler's alarms watch its function and its metrics namespace."
-  }
-}
-
-run "config_too_large_for_the_lambda_environment" {
+run "scaler_disabled" {
   command = plan
 
   variables {
-    worker_pools = { for i in range(30) : "pool-${i}" => {
-      image  = "app:1"
-      queues = ["a-rather-long-queue-name-for-pool-${i}-number-one", "a-rather-long-queue-name-for-pool-${i}-number-two"]
-    } }
+    scaler = { enabled = false }
   }
 
-  expect_failures = [aws_lambda_function.scaler]
+  assert {
+    condition     = output.scaler_function_name == null && output.scaler_security_group_id == null && output.dashboard_name == null
+    error_message = "scaler.enabled = false creates no scaler resource."
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_security_group_ingress_rule.broker)) == toset(["workers"]) && output.scaler_config.pools.default.service == "celery-default"
+    error_message = "Without the scaler only the workers reach Redis; the config is still an output (to run the scaler elsewhere)."
+  }
+}
+
+run "producers_reach_the_broker_and_read_its_secret" {
+  command = apply
+
+  variables {
+    producer_security_group_ids = { web = "sg-0fedcba9876543210" }
+  }
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.broker["producer web"].referenced_security_group_id == "sg-0fedcba9876543210" && aws_vpc_security_group_ingress_rule.broker["producer web"].from_port == 6379
+    error_message = "Each producer security group may reach Redis on its port."
+  }
+
+  assert {
+    condition     = jsondecode(output.broker_secret_read_policy_json).Statement == [{ Sid = "ReadBrokerUrl", Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [aws_secretsmanager_secret.broker[0].arn] }]
+    error_message = "The producers' policy reads exactly the broker secret (no KMS statement with AWS managed keys)."
+  }
 }
 
 run "rabbitmq_is_private_amqps_from_workers_management_from_the_scaler" {
@@ -630,7 +543,7 @@ run "rabbitmq_is_private_amqps_from_workers_management_from_the_scaler" {
   }
 
   assert {
-    condition     = aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 443
+    condition     = module.scaler.broker_port == 443
     error_message = "The scaler reaches the management API on 443."
   }
 
@@ -668,7 +581,7 @@ run "existing_rabbitmq_through_the_url_secret" {
   }
 
   assert {
-    condition     = output.scaler_config.broker.management_url == "https://rabbit.internal:15671" && aws_vpc_security_group_egress_rule.scaler_broker[0].from_port == 15671
+    condition     = output.scaler_config.broker.management_url == "https://rabbit.internal:15671" && module.scaler.broker_port == 15671
     error_message = "The scaler reads the given management URL and may reach its port."
   }
 }
@@ -725,7 +638,7 @@ run "sqs_broker" {
   }
 
   assert {
-    condition = [for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : [s.Action, s.Resource] if contains(["MeasureQueues", "QueueAges"], s.Sid)] == [
+    condition = [for s in jsondecode(module.scaler.policy_json).Statement : [s.Action, s.Resource] if contains(["MeasureQueues", "QueueAges"], s.Sid)] == [
       [["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], [for n in ["prod-bulk.fifo", "prod-celery", "prod-jobs-high", "prod-reports_daily"] : "arn:aws:sqs:eu-west-1:123456789012:${n}"]],
       [["cloudwatch:GetMetricData"], ["*"]],
     ]
@@ -733,12 +646,12 @@ run "sqs_broker" {
   }
 
   assert {
-    condition     = length(aws_elasticache_replication_group.broker) == 0 && length(aws_secretsmanager_secret.broker) == 0 && output.broker_secret_arn == null && length(aws_vpc_security_group_egress_rule.scaler_broker) == 0
-    error_message = "No Redis, no URL secret and no broker port rule on SQS."
+    condition     = length(aws_elasticache_replication_group.broker) == 0 && length(aws_secretsmanager_secret.broker) == 0 && output.broker_secret_arn == null
+    error_message = "No Redis and no URL secret on SQS (modules/scaler's tests: no broker port rule)."
   }
 
   assert {
-    condition     = length([for s in jsondecode(aws_iam_role_policy.scaler[0].policy).Statement : s if s.Sid == "BrokerUrl"]) == 0 && length(aws_iam_role_policy.task_execution) == 0
+    condition     = length([for s in jsondecode(module.scaler.policy_json).Statement : s if s.Sid == "BrokerUrl"]) == 0 && length(aws_iam_role_policy.task_execution) == 0
     error_message = "Nobody reads a broker secret on SQS."
   }
 

@@ -1,4 +1,4 @@
-"""Docs that work when copied: every fenced code block of README.md and docs/**/*.md is exercised
+"""Docs that work when copied: every fenced code block of README.md, docs/**/*.md and modules/*/README.md is exercised
 verbatim (read from the Markdown, never retyped here), and every relative link and #anchor resolves.
 
 A block's tag is the first word of its info string (```` ```bash ````); words after it are options of
@@ -86,7 +86,7 @@ from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.probe.redis import RedisProbe
 
 DB = 10  # this file's own db of the tests' Redis (faults and packaging use 11)
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "modules").glob("*/README.md"))]
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
 DOCUMENTED_REDIS = re.compile(r"^redis://(localhost|127\.0\.0\.1)(:6379)?(/\d+)?$")
 

@@ -34,7 +34,7 @@ from celery_autoscaler.probe.sqs import sqs_queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 # The AWS examples; examples/local is applied by make demo.
-EXAMPLES = ("complete", "existing-redis", "minimal", "rabbitmq", "sqs")
+EXAMPLES = ("complete", "existing-redis", "existing-services", "minimal", "rabbitmq", "sqs")
 LAMBDA_ZIP = ROOT / "lambda" / "dist" / "celery-autoscaler-lambda.zip"  # what the module deploys by default
 COPY_IGNORE = shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfstate*", "*_override.tf")
 
@@ -62,11 +62,12 @@ def terraform(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 
 def prepare(example: Path, tmp_path: Path, endpoint: str) -> Path:
-    """Copy the module (its .tf files and the Lambda zip) and the example, keeping ``source = "../../"`` valid."""
+    """Copy the module (root and modules/*/ .tf files, the Lambda zip) and the example (``source = "../../"``)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for tf in ROOT.glob("*.tf"):
-        shutil.copy2(tf, repo / tf.name)
+    for tf in [*ROOT.glob("*.tf"), *ROOT.glob("modules/*/*.tf")]:
+        (repo / tf.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tf, repo / tf.relative_to(ROOT))
     (repo / "lambda" / "dist").mkdir(parents=True)
     shutil.copy2(LAMBDA_ZIP, repo / "lambda" / "dist")
     workdir = repo / "examples" / example.name
@@ -253,3 +254,47 @@ def test_example_applies_replans_clean_and_destroys_clean(name: str, tmp_path: P
         f"examples/{name}: {result['resources']} resources, apply {result['apply_s']:.0f} s, "
         f"destroy {result['destroy_s']:.0f} s, pools {result['pools']}, in the emulator {result['kinds']}"
     )
+
+
+# The last commit whose root module held the scaler's resources itself (before modules/scaler).
+ROOT_SCALER_LAYOUT = "0dd8df77d4653a55a20e6e61bcff86ac1ddb3648"
+
+
+def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_path: Path) -> None:
+    """examples/minimal applied with the old layout, then planned with this checkout: every scaler
+    resource is moved into module.scaler (the ``moved`` blocks), none is destroyed or created."""
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ROOT_SCALER_LAYOUT], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    with EmulatorProcess(log_path=tmp_path / "emulator.log") as emulator:
+        workdir = old / "examples" / "minimal"
+        (workdir / "zz_emulator_override.tf").write_text(provider_override(emulator.endpoint))
+        terraform(workdir, "init", "-input=false")
+        terraform(workdir, "apply", "-auto-approve", "-input=false")
+        before = terraform(workdir, "state", "list").stdout.split()
+        assert "module.celery.aws_lambda_function.scaler[0]" in before
+
+        # The same working directory and state, with this checkout's module files.
+        for tf in [*old.glob("*.tf")]:
+            tf.unlink()
+        for tf in [*ROOT.glob("*.tf"), *ROOT.glob("modules/*/*.tf")]:
+            (old / tf.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tf, old / tf.relative_to(ROOT))
+        shutil.copy2(LAMBDA_ZIP, old / "lambda" / "dist")
+        terraform(workdir, "init", "-input=false")
+        terraform(workdir, "plan", "-input=false", "-out=upgrade.tfplan")
+        plan = json.loads(terraform(workdir, "show", "-json", "upgrade.tfplan").stdout)
+        changes = plan.get("resource_changes", [])
+        moved = {c["previous_address"]: c["address"] for c in changes if c.get("previous_address")}
+        replaced = [c["address"] for c in changes if {"create", "delete"} & set(c["change"]["actions"])]
+        print(f"upgrade: {len(moved)} resources moved into module.scaler, changes {replaced or 'none'}")
+        assert not replaced, f"the upgrade would create or destroy: {replaced}"
+        assert (
+            moved["module.celery.aws_lambda_function.scaler[0]"]
+            == "module.celery.module.scaler.aws_lambda_function.this[0]"
+        )
+        assert len(moved) >= 20, moved
+        terraform(workdir, "destroy", "-auto-approve", "-input=false")

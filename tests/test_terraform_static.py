@@ -1,4 +1,4 @@
-"""The Terraform module without AWS: formatting, init + validate of the root and every example, and
+"""The Terraform module without AWS: formatting, init + validate of the root, modules/scaler and every example, and
 ``terraform test`` (plan/apply-level runs against a mocked aws provider, one run per validation rule).
 
 Everything runs in a temporary copy with its own TF_DATA_DIR, so the working tree gets no
@@ -21,7 +21,10 @@ import pytest
 pytestmark = pytest.mark.terraform
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("complete", "existing-redis", "minimal")
+EXAMPLES = ("complete", "existing-redis", "existing-services", "minimal", "rabbitmq", "sqs")
+SUBMODULES = ("modules/scaler",)
+# Each module with its validation rules' expect_failures runs and the fewest `terraform test` runs it has.
+MODULES = {".": ("tests/validations.tftest.hcl", 100), "modules/scaler": ("tests/validations.tftest.hcl", 55)}
 LAMBDA_ZIP = Path("lambda/dist/celery-autoscaler-lambda.zip")
 
 
@@ -33,13 +36,14 @@ def tf_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def module_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The module's files, its terraform tests, the committed Lambda zip and the examples, copied."""
+    """The module's and submodules' .tf files and terraform tests, the committed Lambda zip and the examples, copied."""
     dest = tmp_path_factory.mktemp("module")
-    for tf in ROOT.glob("*.tf"):
-        shutil.copy2(tf, dest / tf.name)
-    (dest / "tests").mkdir()
-    for test in ROOT.glob("tests/*.tftest.hcl"):
-        shutil.copy2(test, dest / "tests" / test.name)
+    for module in MODULES:
+        (dest / module / "tests").mkdir(parents=True, exist_ok=True)
+        for tf in (ROOT / module).glob("*.tf"):
+            shutil.copy2(tf, dest / module / tf.name)
+        for test in (ROOT / module).glob("tests/*.tftest.hcl"):
+            shutil.copy2(test, dest / module / "tests" / test.name)
     (dest / LAMBDA_ZIP).parent.mkdir(parents=True)
     shutil.copy2(ROOT / LAMBDA_ZIP, dest / LAMBDA_ZIP)
     for example in EXAMPLES:
@@ -69,7 +73,7 @@ def test_fmt_check_recursive(tf_env: dict[str, str]) -> None:
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
 
 
-@pytest.mark.parametrize("where", [".", *(f"examples/{e}" for e in EXAMPLES)])
+@pytest.mark.parametrize("where", [".", *SUBMODULES, *(f"examples/{e}" for e in EXAMPLES)])
 def test_init_and_validate(module_copy: Path, tf_env: dict[str, str], where: str) -> None:
     directory = module_copy / where
     env = _init(directory, tf_env)
@@ -78,30 +82,63 @@ def test_init_and_validate(module_copy: Path, tf_env: dict[str, str], where: str
     assert "The configuration is valid" in result.stdout
 
 
-def test_every_validation_rule_has_an_expect_failures_run() -> None:
+@pytest.mark.parametrize("module", MODULES)
+def test_every_validation_rule_has_an_expect_failures_run(module: str) -> None:
     """Each variable gets at least as many failing runs as it has validation blocks."""
     rules: Counter[str] = Counter()
     current = None
-    for line in (ROOT / "variables.tf").read_text().splitlines():
+    for line in (ROOT / module / "variables.tf").read_text().splitlines():
         if match := re.match(r'^variable "([a-z_]+)"', line):
             current = match.group(1)
         elif line.strip() == "validation {":
             assert current is not None
             rules[current] += 1
-    tests = (ROOT / "tests/validations.tftest.hcl").read_text()
+    tests = (ROOT / module / MODULES[module][0]).read_text()
     runs = Counter(re.findall(r"expect_failures = \[var\.([a-z_]+)\]", tests))
     missing = {name: (count, runs[name]) for name, count in rules.items() if runs[name] < count}
     assert not missing, f"variable: (validation blocks, expect_failures runs) {missing}"
-    assert sum(rules.values()) >= 80
+    assert sum(rules.values()) >= 40
 
 
-def test_terraform_test(module_copy: Path, tf_env: dict[str, str]) -> None:
-    """Both test files in one ``terraform test``: shape assertions and one failing run per rule."""
-    env = _init(module_copy, tf_env)
-    result = _terraform(["test", "-no-color"], module_copy, env, timeout=900)
+def _scaling_type(variables_tf: Path) -> str:
+    """The source of the ``scaling = optional(object({...}), {})`` attribute type, whitespace collapsed."""
+    match = re.search(r"\n\s*scaling\s*=\s*(optional\(object\(\{.*?\}\), \{\}\))", variables_tf.read_text(), re.S)
+    assert match, f"no scaling object in {variables_tf}"
+    return " ".join(match.group(1).split())
+
+
+def test_submodule_pools_take_the_root_scaling_settings_unchanged() -> None:
+    """modules/scaler's pools.NAME.scaling has the same attributes and defaults as worker_pools.NAME.scaling."""
+    root, submodule = _scaling_type(ROOT / "variables.tf"), _scaling_type(ROOT / "modules/scaler/variables.tf")
+    assert "min_workers = optional(number, 0)" in root
+    assert submodule == root
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_terraform_test(module_copy: Path, tf_env: dict[str, str], module: str) -> None:
+    """Each module's test files in one ``terraform test``: shape assertions and one failing run per rule."""
+    env = _init(module_copy / module, tf_env)
+    result = _terraform(["test", "-no-color"], module_copy / module, env, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     summary = re.search(r"Success! (\d+) passed, 0 failed", output)
     assert summary, output
-    print(f"terraform test: {summary.group(0)}")
-    assert int(summary.group(1)) >= 100
+    print(f"terraform test of {module}: {summary.group(0)}")
+    assert int(summary.group(1)) >= MODULES[module][1]
+
+
+def _cron_locals(main_tf: Path) -> list[str]:
+    """The cron_values block and the cron_fields and cron_pattern lines of a main.tf, whitespace collapsed."""
+    text = main_tf.read_text()
+    found = [
+        re.search(r"cron_values\s*=\s*\{.*?\}", text, re.S),
+        *(re.search(rf"^\s*{n}\s*=.*$", text, re.M) for n in ("cron_fields", "cron_pattern")),
+    ]
+    assert all(found), f"cron locals missing in {main_tf}"
+    return [" ".join(m.group(0).split()) for m in found if m]
+
+
+def test_submodule_checks_schedules_with_the_root_cron_pattern_and_time_zones() -> None:
+    """modules/scaler validates schedules with the same cron pattern and time zone list as the root."""
+    assert _cron_locals(ROOT / "modules/scaler/main.tf") == _cron_locals(ROOT / "main.tf")
+    assert (ROOT / "modules/scaler/time_zones.tf").read_text() == (ROOT / "time_zones.tf").read_text()

@@ -64,3 +64,13 @@ def test_table_cells_escape_pipes_and_html_but_keep_code() -> None:
     assert tf_docs._cell_text("a | b <x> `c | <d>`") == "a \\| b &lt;x&gt; `c \\| <d>`"
     assert tf_docs._cell_code("list(string)") == "`list(string)`"
     assert tf_docs._cell_code("object({\n    a = string\n  })") == "<pre>object({<br>  a = string<br>})</pre>"
+
+
+def test_the_scaler_submodule_readme_has_its_own_tables() -> None:
+    """modules/scaler/README.md lists the submodule's inputs and outputs, not the root module's."""
+    readme = (ROOT / "modules" / "scaler" / "README.md").read_text()
+    tables = readme[readme.index(tf_docs.BEGIN) : readme.index(tf_docs.END)]
+    for name in ("pools", "cluster", "broker", "config", "service_arns"):
+        assert f"| `{name}` |" in tables
+    assert "| `worker_pools` |" not in tables
+    assert tables == tf_docs.render(ROOT / "modules" / "scaler")[: len(tables)]

@@ -615,7 +615,7 @@ run "schedules_valid_in_named_zones" {
   }
 
   assert {
-    condition     = length(local.scaler_config.pools["default"].schedules) == 2 && local.scaler_config.pools["default"].schedules[0].time_zone == "Europe/Berlin"
+    condition     = length(output.scaler_config.pools["default"].schedules) == 2 && output.scaler_config.pools["default"].schedules[0].time_zone == "Europe/Berlin"
     error_message = "Schedules pass through to the scaler's config."
   }
 }
@@ -1471,4 +1471,14 @@ run "pool_schedule_duration_above_bound" {
   }
 
   expect_failures = [var.worker_pools]
+}
+
+run "producer_security_group_ids_format" {
+  command = plan
+
+  variables {
+    producer_security_group_ids = { web = "web-sg" }
+  }
+
+  expect_failures = [var.producer_security_group_ids]
 }

@@ -167,6 +167,39 @@ module "celery" {
     route_table_ids = [aws_route_table.private.id]
   }
 
+  # The web app sends tasks: it may reach Redis, and its role reads the broker URL secret (below).
+  producer_security_group_ids = { web = aws_security_group.web.id }
+
   log_retention_days = 14
   tags               = local.tags
+}
+
+################################################################################
+# A producer: the web app's security group and task role (its service is yours)
+################################################################################
+
+resource "aws_security_group" "web" {
+  #checkov:skip=CKV2_AWS_5:Stands in for the web app's security group; its service lives in your repository.
+  name        = "${var.name}-web"
+  description = "Web app of ${var.name} (sends Celery tasks)"
+  vpc_id      = aws_vpc.this.id
+
+  tags = merge(local.tags, { Name = "${var.name}-web" })
+}
+
+resource "aws_iam_role" "web" {
+  name = "${var.name}-web"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Principal = { Service = "ecs-tasks.amazonaws.com" }, Action = "sts:AssumeRole" }]
+  })
+
+  tags = local.tags
+}
+
+# Read CELERY_BROKER_URL from the broker secret, as the workers do.
+resource "aws_iam_role_policy" "web_broker_url" {
+  name   = "celery-broker-url"
+  role   = aws_iam_role.web.name
+  policy = module.celery.broker_secret_read_policy_json
 }
