@@ -66,7 +66,7 @@ module "scaler" {
 }
 
 ################################################################################
-# Moved into modules/scaler (0.3.0): existing state is kept, nothing is replaced
+# Moved into modules/scaler in 0.2.0: existing state is kept, nothing is replaced
 ################################################################################
 
 moved {

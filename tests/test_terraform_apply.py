@@ -290,11 +290,15 @@ def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_pa
         changes = plan.get("resource_changes", [])
         moved = {c["previous_address"]: c["address"] for c in changes if c.get("previous_address")}
         replaced = [c["address"] for c in changes if {"create", "delete"} & set(c["change"]["actions"])]
-        print(f"upgrade: {len(moved)} resources moved into module.scaler, changes {replaced or 'none'}")
+        updated = [c["address"] for c in changes if "update" in c["change"]["actions"]]
+        print(f"upgrade: {len(moved)} moved into module.scaler; created/destroyed: {replaced}; updated: {updated}")
         assert not replaced, f"the upgrade would create or destroy: {replaced}"
         assert (
             moved["module.celery.aws_lambda_function.scaler[0]"]
             == "module.celery.module.scaler.aws_lambda_function.this[0]"
         )
-        assert len(moved) >= 20, moved
+        # Every address the old layout had and the new one lacks was moved, not dropped.
+        gone = {a for a in before if not re.search(r"(^|\.)data\.", a)} - {c["address"] for c in changes}
+        assert gone == set(moved), gone ^ set(moved)
+        assert len(moved) == 19, moved  # examples/minimal: one pool, tracing PassThrough
         terraform(workdir, "destroy", "-auto-approve", "-input=false")
