@@ -121,6 +121,14 @@ variable "pools" {
       idle_window_s             = optional(number, 120)
       stale_after_s             = optional(number, 90)
       fallback_count            = optional(number)
+      wait_target_s             = optional(number)
+      drain_time_s              = optional(number, 30)
+      scale_in_tolerance        = optional(number, 0.1)
+      start_delay_s             = optional(number, 55)
+      learned_prewarm           = optional(bool, true)
+      prewarm_confidence        = optional(number, 3)
+      prewarm_margin_s          = optional(number, 0)
+      prewarm_max_misses        = optional(number, 2)
       schedules = optional(list(object({
         name        = optional(string)
         cron        = string
@@ -174,13 +182,13 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.min_workers (${p.scaling.min_workers})" if !(p.scaling.min_workers >= 0 && floor(p.scaling.min_workers) == p.scaling.min_workers)])} must be a whole number >= 0."
+    condition     = alltrue([for p in var.pools : p.scaling.min_workers >= 0 && p.scaling.min_workers <= 5000 && floor(p.scaling.min_workers) == p.scaling.min_workers])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.min_workers (${p.scaling.min_workers})" if !(p.scaling.min_workers >= 0 && p.scaling.min_workers <= 5000 && floor(p.scaling.min_workers) == p.scaling.min_workers)])} must be a whole number from 0 to 5000 (ECS's tasks per service)."
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers})" if !(p.scaling.max_workers >= 1 && floor(p.scaling.max_workers) == p.scaling.max_workers)])} must be a whole number >= 1."
+    condition     = alltrue([for p in var.pools : p.scaling.max_workers >= 1 && p.scaling.max_workers <= 5000 && floor(p.scaling.max_workers) == p.scaling.max_workers])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.max_workers (${p.scaling.max_workers})" if !(p.scaling.max_workers >= 1 && p.scaling.max_workers <= 5000 && floor(p.scaling.max_workers) == p.scaling.max_workers)])} must be a whole number from 1 to 5000 (ECS's tasks per service)."
   }
 
   validation {
@@ -189,13 +197,13 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false)])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.target_backlog_per_worker (${p.scaling.target_backlog_per_worker})" if !(p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.pools : p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0 && p.scaling.target_backlog_per_worker <= 1000000, false)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.target_backlog_per_worker (${p.scaling.target_backlog_per_worker})" if !(p.scaling.target_backlog_per_worker == null || try(p.scaling.target_backlog_per_worker > 0 && p.scaling.target_backlog_per_worker <= 1000000, false))])}, when set, must be in (0, 1000000]."
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false)])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.target_latency_s (${p.scaling.target_latency_s})" if !(p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.pools : p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0 && p.scaling.target_latency_s <= 86400, false)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.target_latency_s (${p.scaling.target_latency_s})" if !(p.scaling.target_latency_s == null || try(p.scaling.target_latency_s > 0 && p.scaling.target_latency_s <= 86400, false))])}, when set, must be in (0, 86400] seconds."
   }
 
   validation {
@@ -204,8 +212,8 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false)])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.max_scale_out_step (${p.scaling.max_scale_out_step})" if !(p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false))])}, when set, must be a whole number >= 1."
+    condition     = alltrue([for p in var.pools : p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && p.scaling.max_scale_out_step <= 5000 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.max_scale_out_step (${p.scaling.max_scale_out_step})" if !(p.scaling.max_scale_out_step == null || try(p.scaling.max_scale_out_step >= 1 && p.scaling.max_scale_out_step <= 5000 && floor(p.scaling.max_scale_out_step) == p.scaling.max_scale_out_step, false))])}, when set, must be a whole number from 1 to 5000."
   }
 
   validation {
@@ -214,18 +222,48 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.scale_in_window_s/idle_window_s (${p.scaling.scale_in_window_s}/${p.scaling.idle_window_s})" if !(p.scaling.scale_in_window_s >= 0 && p.scaling.idle_window_s >= 0)])} must be >= 0."
+    condition     = alltrue([for p in var.pools : p.scaling.scale_in_window_s >= 0 && p.scaling.scale_in_window_s <= 3600])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.scale_in_window_s (${p.scaling.scale_in_window_s})" if !(p.scaling.scale_in_window_s >= 0 && p.scaling.scale_in_window_s <= 3600)])} must be from 0 to 3600 seconds (the state item keeps every recommendation of the window)."
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.scaling.stale_after_s > 0])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.stale_after_s (${p.scaling.stale_after_s})" if !(p.scaling.stale_after_s > 0)])} must be > 0."
+    condition     = alltrue([for p in var.pools : p.scaling.scale_in_window_s <= 4000 * var.scaler.tick_interval_s])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.scale_in_window_s (${p.scaling.scale_in_window_s})" if !(p.scaling.scale_in_window_s <= 4000 * var.scaler.tick_interval_s)])} must be at most 4000 ticks of scaler.tick_interval_s (${var.scaler.tick_interval_s} s): the state item keeps one recommendation per tick."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.idle_window_s >= 0 && p.scaling.idle_window_s <= 86400])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.idle_window_s (${p.scaling.idle_window_s})" if !(p.scaling.idle_window_s >= 0 && p.scaling.idle_window_s <= 86400)])} must be from 0 to 86400 seconds."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.stale_after_s > 0 && p.scaling.stale_after_s <= 3600])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.stale_after_s (${p.scaling.stale_after_s})" if !(p.scaling.stale_after_s > 0 && p.scaling.stale_after_s <= 3600)])} must be in (0, 3600] seconds."
   }
 
   validation {
     condition     = alltrue([for p in var.pools : p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false)])
     error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.fallback_count (${p.scaling.fallback_count})" if !(p.scaling.fallback_count == null || try(p.scaling.fallback_count >= p.scaling.min_workers && p.scaling.fallback_count <= p.scaling.max_workers && floor(p.scaling.fallback_count) == p.scaling.fallback_count, false))])}, when set, must be a whole number within [min_workers, max_workers]."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.wait_target_s == null || try(p.scaling.wait_target_s > 0, false)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.wait_target_s (${p.scaling.wait_target_s})" if !(p.scaling.wait_target_s == null || try(p.scaling.wait_target_s > 0, false))])}, when set, must be > 0: the p95 task wait, in seconds, the pool's users accept."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.drain_time_s > 0])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.drain_time_s (${p.scaling.drain_time_s})" if !(p.scaling.drain_time_s > 0)])} must be > 0: the seconds in which a backlog is to be drained."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.scale_in_tolerance >= 0 && p.scaling.scale_in_tolerance < 1])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.scale_in_tolerance (${p.scaling.scale_in_tolerance})" if !(p.scaling.scale_in_tolerance >= 0 && p.scaling.scale_in_tolerance < 1)])} must be in [0, 1): the headroom, as a fraction of the need, kept before scaling in."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.scaling.start_delay_s >= 0])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.start_delay_s (${p.scaling.start_delay_s})" if !(p.scaling.start_delay_s >= 0)])} must be >= 0: the worker start delay assumed until one is measured."
   }
 
   validation {
@@ -239,13 +277,13 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue(flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : w.lead_s >= 0]]))
-    error_message = "${join(", ", flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : "pools[\"${n}\"].scaling.schedules[${i}].lead_s (${w.lead_s})" if !(w.lead_s >= 0)]]))} must be >= 0: the seconds before each occurrence at which the minimum starts."
+    condition     = alltrue(flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : w.lead_s >= 0 && w.lead_s <= 86400]]))
+    error_message = "${join(", ", flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : "pools[\"${n}\"].scaling.schedules[${i}].lead_s (${w.lead_s})" if !(w.lead_s >= 0 && w.lead_s <= 86400)]]))} must be from 0 to 86400: the seconds before each occurrence at which the minimum starts."
   }
 
   validation {
-    condition     = alltrue(flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : w.duration_s > 0]]))
-    error_message = "${join(", ", flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : "pools[\"${n}\"].scaling.schedules[${i}].duration_s (${w.duration_s})" if !(w.duration_s > 0)]]))} must be > 0: the window would end before it starts (it lasts duration_s after each occurrence)."
+    condition     = alltrue(flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : w.duration_s > 0 && w.duration_s <= 604800]]))
+    error_message = "${join(", ", flatten([for n, p in var.pools : [for i, w in p.scaling.schedules : "pools[\"${n}\"].scaling.schedules[${i}].duration_s (${w.duration_s})" if !(w.duration_s > 0 && w.duration_s <= 604800)]]))} must be in (0, 604800] (a week): it lasts duration_s after each occurrence."
   }
 
   validation {
@@ -254,8 +292,13 @@ variable "pools" {
   }
 
   validation {
-    condition     = alltrue([for p in var.pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false)])
-    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0, false))])}, when set, must be > 0."
+    condition     = alltrue([for p in var.pools : p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].scaling.prewarm_confidence/prewarm_max_misses/prewarm_margin_s (${p.scaling.prewarm_confidence}/${p.scaling.prewarm_max_misses}/${p.scaling.prewarm_margin_s})" if !(p.scaling.prewarm_confidence >= 2 && floor(p.scaling.prewarm_confidence) == p.scaling.prewarm_confidence && p.scaling.prewarm_max_misses >= 1 && floor(p.scaling.prewarm_max_misses) == p.scaling.prewarm_max_misses && p.scaling.prewarm_margin_s >= 0)])}: prewarm_confidence must be a whole number >= 2, prewarm_max_misses a whole number >= 1 and prewarm_margin_s >= 0."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].oldest_task_age_alarm_s (${p.oldest_task_age_alarm_s})" if !(p.oldest_task_age_alarm_s == null || try(p.oldest_task_age_alarm_s > 0 && p.oldest_task_age_alarm_s <= 604800, false))])}, when set, must be in (0, 604800] seconds (a week)."
   }
 }
 

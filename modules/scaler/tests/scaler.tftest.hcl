@@ -277,7 +277,8 @@ run "config_matches_the_python_schema" {
     condition = alltrue([for p in output.config.pools : toset(keys(p)) == toset([
       "service", "queues", "concurrency", "min_workers", "max_workers", "target_utilisation", "target_backlog_per_worker",
       "target_latency_s", "max_scale_out_step", "max_scale_in_percent", "scale_in_window_s", "idle_window_s", "stale_after_s", "fallback_count",
-      "schedules",
+      "wait_target_s", "drain_time_s", "scale_in_tolerance", "start_delay_s",
+      "learned_prewarm", "prewarm_confidence", "prewarm_margin_s", "prewarm_max_misses", "schedules",
     ])])
     error_message = "Pool keys of the config are config.py's."
   }

@@ -595,3 +595,74 @@ run "broker_url_secret_required_unless_sqs" {
 
   expect_failures = [var.broker]
 }
+
+run "scaling_wait_target_s" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { wait_target_s = 0 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_drain_time_s" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { drain_time_s = 0 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_scale_in_tolerance" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { scale_in_tolerance = 1 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_start_delay_s" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { start_delay_s = -1 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_prewarm" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { prewarm_confidence = 1 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_scale_in_window_s_bound" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { scale_in_window_s = 3601 } } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "scaling_scale_in_window_s_in_ticks" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { scale_in_window_s = 3600 } } }
+    scaler = { tick_interval_s = 0.5, ticks_per_invocation = 4 }
+  }
+
+  expect_failures = [var.pools]
+}
