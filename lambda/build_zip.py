@@ -5,7 +5,7 @@ The Terraform module deploys ``lambda/dist/celery-autoscaler-lambda.zip`` with `
 taken from the file: any byte that changes without a code change would make every ``terraform plan``
 show a diff, and any code change that is not rebuilt would deploy old code. So the zip holds only what
 the Lambda runs (the ``celery_autoscaler`` package without the simulator, demo, CLI and worker helper,
-plus redis-py from a pinned, hash-checked wheel) with sorted entries, a fixed timestamp, fixed modes and
+plus redis-py and tzdata from pinned, hash-checked wheels) with sorted entries, a fixed timestamp, fixed modes and
 a fixed compression method and level. Stdlib only, so it runs before any virtualenv exists.
 
 Usage: ``python lambda/build_zip.py`` (write the zip) or ``python lambda/build_zip.py --check`` (exit 1
@@ -29,10 +29,13 @@ PACKAGE_DIR = LAMBDA_DIR / "celery_autoscaler"
 OUTPUT = LAMBDA_DIR / "dist" / "celery-autoscaler-lambda.zip"
 WHEEL_CACHE = LAMBDA_DIR / "build"  # git-ignored; saves a pip call on rebuilds
 
-REDIS_VERSION = "8.1.0"
-REDIS_WHEEL = f"redis-{REDIS_VERSION}-py3-none-any.whl"
-# sha256 of the PyPI wheel: a different file under the same name must never reach the Lambda.
-REDIS_WHEEL_SHA256 = "a4fe1aac3d3b3cc791d4b3d5931c5a956045dc951ee74d1c913ee3ac4d2ee9fb"
+# Wheels vendored into the zip, with the sha256 of each PyPI file: a different file under the same
+# name must never reach the Lambda. tzdata because the Lambda's Amazon Linux 2023 image may lack the
+# system time zone database, and zoneinfo falls back to it for the schedules' named time zones.
+PINNED_WHEELS = {
+    "redis-8.1.0-py3-none-any.whl": "a4fe1aac3d3b3cc791d4b3d5931c5a956045dc951ee74d1c913ee3ac4d2ee9fb",
+    "tzdata-2026.6-py2.py3-none-any.whl": "0a10eec6e13ef16b627fabed9a5f2ba61a62b1c67f327305f4e7e412a70b4aec",
+}
 
 # Parts of the package the Lambda never imports: the simulator, the CLI and the helper users install
 # in their Celery workers. The zip import test imports every module that remains, so excluding
@@ -58,30 +61,32 @@ def package_files() -> dict[str, bytes]:
     return files
 
 
-def redis_wheel(wheel: Path | None) -> bytes:
-    """The pinned redis-py wheel's bytes, from ``wheel`` or the cache or ``pip download``; hash-checked."""
-    if wheel is None:
-        wheel = WHEEL_CACHE / REDIS_WHEEL
-        if not wheel.is_file():
-            WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-            pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
-            subprocess.run([*pip, "--dest", str(WHEEL_CACHE), f"redis=={REDIS_VERSION}"], check=True)
+def pinned_wheel(filename: str, wheel_dir: Path) -> bytes:
+    """One pinned wheel's bytes, from ``wheel_dir`` (``pip download`` fills it when missing); hash-checked."""
+    wheel = wheel_dir / filename
+    if not wheel.is_file():
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        name, version = filename.split("-")[:2]
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+        subprocess.run([*pip, "--dest", str(wheel_dir), f"{name}=={version}"], check=True)
     data = wheel.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != REDIS_WHEEL_SHA256:
-        raise SystemExit(f"{wheel}: sha256 {digest} is not the pinned {REDIS_WHEEL_SHA256}")
+    if digest != PINNED_WHEELS[filename]:
+        raise SystemExit(f"{wheel}: sha256 {digest} is not the pinned {PINNED_WHEELS[filename]}")
     return data
 
 
 def wheel_files(wheel_bytes: bytes) -> dict[str, bytes]:
-    """Every file of the wheel: the ``redis`` package and its dist-info (licence, version metadata)."""
+    """Every file of a wheel: its package and its dist-info (licence, version metadata)."""
     with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as wheel:
         return {info.filename: wheel.read(info) for info in wheel.infolist() if not info.is_dir()}
 
 
-def build(destination: Path, wheel: Path | None = None) -> None:
+def build(destination: Path, wheel_dir: Path = WHEEL_CACHE) -> None:
     """Write the zip to ``destination``: entries sorted by name, every header field fixed."""
-    files = package_files() | wheel_files(redis_wheel(wheel))
+    files = package_files()
+    for filename in PINNED_WHEELS:
+        files |= wheel_files(pinned_wheel(filename, wheel_dir))
     destination.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(destination, "w") as archive:
         for name in sorted(files):
@@ -106,11 +111,11 @@ def describe_difference(committed: Path, fresh: Path) -> str:
     return "\n".join(lines)
 
 
-def check(wheel: Path | None) -> int:
+def check(wheel_dir: Path) -> int:
     """0 when the committed zip equals a fresh build byte for byte, else 1 with what changed."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / OUTPUT.name
-        build(fresh, wheel)
+        build(fresh, wheel_dir)
         if not OUTPUT.is_file():
             print(f"{OUTPUT} is missing: run `make lambda-zip` and commit it", file=sys.stderr)
             return 1
@@ -127,11 +132,13 @@ def check(wheel: Path | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="compare the committed zip with a fresh build")
-    parser.add_argument("--wheel", type=Path, help=f"use this {REDIS_WHEEL} instead of pip download")
+    parser.add_argument(
+        "--wheel-dir", type=Path, default=WHEEL_CACHE, help="where the pinned wheels are (or are downloaded to)"
+    )
     args = parser.parse_args(argv)
     if args.check:
-        return check(args.wheel)
-    build(OUTPUT, args.wheel)
+        return check(args.wheel_dir)
+    build(OUTPUT, args.wheel_dir)
     digest = hashlib.sha256(OUTPUT.read_bytes()).hexdigest()
     with zipfile.ZipFile(OUTPUT) as archive:
         entries = len(archive.infolist())

@@ -7,6 +7,7 @@ Terraform deploys the committed file, so a stale zip would ship old code; a zip 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,9 @@ import redis
 assert pathlib.Path(redis.__file__).is_relative_to(zipdir), redis.__file__
 from celery_autoscaler.handler import lambda_handler  # the module's aws_lambda_function.handler
 assert callable(lambda_handler)
+import datetime, tzdata, zoneinfo  # named zones without a system tz database (the test empties PYTHONTZPATH)
+assert pathlib.Path(tzdata.__file__).is_relative_to(zipdir), tzdata.__file__
+assert zoneinfo.ZoneInfo("Europe/Berlin").utcoffset(datetime.datetime(2026, 7, 1)) == datetime.timedelta(hours=2)
 print(sys.version.split()[0], importlib.metadata.version("redis"), " ".join(modules))
 """
 
@@ -58,7 +62,7 @@ def test_zip_entries_are_normalised_and_hold_only_the_lambdas_code() -> None:
     assert {i.external_attr >> 16 for i in infos} == {0o100644}
     assert {i.compress_type for i in infos} == {zipfile.ZIP_DEFLATED}
     tops = {n.split("/")[0] for n in names}
-    assert tops == {"celery_autoscaler", "redis", "redis-8.1.0.dist-info"}
+    assert tops == {"celery_autoscaler", "redis", "redis-8.1.0.dist-info", "tzdata", "tzdata-2026.6.dist-info"}
     for unwanted in ("/sim/", "/demo", "/worker.py", "/worker_drain.py", "/cli.py", "__pycache__", ".pyc", "/tests/"):
         assert not [n for n in names if unwanted in n], unwanted
     print(f"{ZIP.name}: {ZIP.stat().st_size} bytes, {len(names)} files")
@@ -83,6 +87,7 @@ def test_zip_imports_with_only_the_lambda_runtime_beside_it(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONTZPATH": ""},
     )
     assert result.returncode == 0, result.stderr
     version, redis_version, *modules = result.stdout.split()
