@@ -12,8 +12,8 @@ data "aws_availability_zones" "available" {
   }
 }
 
-# A tiny VPC so the example applies as-is. Bring your own private subnets with NAT or VPC endpoints
-# in real use: without them the tasks cannot pull images.
+# A tiny VPC with private subnets only: no NAT gateway, so the module's VPC endpoints (below) are how
+# the scaler and the workers reach the AWS APIs and ECR.
 resource "aws_vpc" "this" {
   #checkov:skip=CKV2_AWS_11:Example VPC; flow logs belong to the VPC you bring in real use.
   cidr_block           = "10.43.0.0/16"
@@ -38,6 +38,20 @@ resource "aws_subnet" "private" {
   tags = { Name = "${var.name}-private-${count.index}" }
 }
 
+# The private subnets' route table, for the gateway endpoints (DynamoDB, S3).
+resource "aws_route_table" "private" {
+  vpc_id = aws_vpc.this.id
+
+  tags = { Name = "${var.name}-private" }
+}
+
+resource "aws_route_table_association" "private" {
+  count = 2
+
+  subnet_id      = aws_subnet.private[count.index].id
+  route_table_id = aws_route_table.private.id
+}
+
 module "celery" {
   source = "../../"
 
@@ -56,4 +70,12 @@ module "celery" {
 
   # Examples are disposable: delete the broker secret at once on destroy.
   broker = { secret_recovery_window_days = 0 }
+
+  # Without NAT: the scaler calls ECS, DynamoDB, Secrets Manager and CloudWatch Logs; the workers
+  # read their secret, write logs and pull the image from ECR (ecr.api, ecr.dkr and its S3 layers).
+  vpc_endpoints = {
+    enabled         = true
+    services        = ["dynamodb", "ecr.api", "ecr.dkr", "ecs", "logs", "s3", "secretsmanager"]
+    route_table_ids = [aws_route_table.private.id]
+  }
 }
