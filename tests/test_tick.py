@@ -359,8 +359,11 @@ def test_telemetry_one_log_line_per_pool_and_emf_per_pool_and_queue(rig: Rig) ->
         "UndeclaredQueues",
         "Paused",
         "BrokerUnreadable",
+        "PinnedAtMax",
+        "WorkerSeconds",
+        "EstimatedCostUSD",
     }
-    assert (pool_doc["Paused"], pool_doc["BrokerUnreadable"]) == (0, 0)
+    assert (pool_doc["Paused"], pool_doc["BrokerUnreadable"], pool_doc["PinnedAtMax"]) == (0, 0, 0)
     assert pool_doc["UnreadableQueues"] == 0
     assert (pool_doc["QueueDepth"], pool_doc["DesiredCount"], pool_doc["ScalingActions"]) == (10, 3, 1)
     queue_docs = {d["Queue"]: d for d in emf if d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Pool", "Queue"]]}

@@ -139,6 +139,29 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True)
+class PricesConfig:
+    """Fargate prices in USD for the cost metrics: configuration, never fetched at run time.
+
+    Defaults: us-east-1 Linux on-demand prices (2024); Fargate Spot as a discount off them (AWS quotes
+    "up to 70%", and the real Spot price moves), so ``EstimatedCostUSD`` is an estimate.
+    """
+
+    x86_64_vcpu_hour_usd: float = 0.04048
+    x86_64_gb_hour_usd: float = 0.004445
+    arm64_vcpu_hour_usd: float = 0.03238
+    arm64_gb_hour_usd: float = 0.00356
+    spot_discount_percent: float = 70.0
+
+    def task_hour_usd(self, cpu: int, memory: int, architecture: str, spot_weight: float) -> float:
+        """One task's blended price per hour: ``cpu`` in CPU units (1024 = 1 vCPU), ``memory`` in MiB."""
+        arm = architecture == "ARM64"
+        vcpu_price = self.arm64_vcpu_hour_usd if arm else self.x86_64_vcpu_hour_usd
+        gb_price = self.arm64_gb_hour_usd if arm else self.x86_64_gb_hour_usd
+        on_demand = cpu / 1024 * vcpu_price + memory / 1024 * gb_price
+        return on_demand * (1 - spot_weight / 100 * self.spot_discount_percent / 100)
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """One ECS service of Celery workers consuming one or more queues: the unit that scales."""
 
@@ -166,6 +189,10 @@ class PoolConfig:
     drain_time_s: float = 30.0
     scale_in_tolerance: float = 0.1
     start_delay_s: float = 55.0
+    cpu: int = 256
+    memory: int = 512
+    architecture: str = "X86_64"
+    spot_weight: float = 0.0
 
     @property
     def tasks_per_worker(self) -> float:
@@ -187,6 +214,7 @@ class ScalerConfig:
     ticks_per_invocation: int = 4
     dry_run: bool = False
     metrics_namespace: str = "CeleryAutoscaler"
+    prices: PricesConfig = PricesConfig()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -231,6 +259,17 @@ _POOL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "prewarm_confidence": int,
     "prewarm_margin_s": (int, float),
     "prewarm_max_misses": int,
+    "cpu": int,
+    "memory": int,
+    "architecture": str,
+    "spot_weight": (int, float),
+}
+_PRICE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "x86_64_vcpu_hour_usd": (int, float),
+    "x86_64_gb_hour_usd": (int, float),
+    "arm64_vcpu_hour_usd": (int, float),
+    "arm64_gb_hour_usd": (int, float),
+    "spot_discount_percent": (int, float),
 }
 _SCHEDULE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -249,6 +288,7 @@ _TOP_FIELDS: dict[str, type | tuple[type, ...]] = {
     "ticks_per_invocation": int,
     "dry_run": bool,
     "metrics_namespace": str,
+    "prices": dict,
 }
 
 
@@ -405,6 +445,10 @@ def _pool(name: str, raw: Any) -> PoolConfig:
     _require(pool.prewarm_confidence >= 2, f"{path}.prewarm_confidence", "must be >= 2 (onsets at the same period)")
     _require(pool.prewarm_margin_s >= 0, f"{path}.prewarm_margin_s", "must be >= 0")
     _require(pool.prewarm_max_misses >= 1, f"{path}.prewarm_max_misses", "must be >= 1")
+    _require(pool.cpu > 0, f"{path}.cpu", "must be > 0 (CPU units: 1024 = 1 vCPU)")
+    _require(pool.memory > 0, f"{path}.memory", "must be > 0 (MiB)")
+    _require(pool.architecture in ("X86_64", "ARM64"), f"{path}.architecture", "must be X86_64 or ARM64")
+    _require(0 <= pool.spot_weight <= 100, f"{path}.spot_weight", "must be a percentage in [0, 100]")
     return pool
 
 
@@ -436,6 +480,14 @@ def _schedule(path: str, raw: Any) -> Schedule:
     return schedule
 
 
+def _prices(raw: dict[str, Any]) -> PricesConfig:
+    prices = PricesConfig(**_typed(raw, _PRICE_FIELDS, {}, "prices"))
+    for name in _PRICE_FIELDS:
+        _require(getattr(prices, name) >= 0, f"prices.{name}", "must be >= 0")
+    _require(prices.spot_discount_percent <= 100, "prices.spot_discount_percent", "must be <= 100")
+    return prices
+
+
 def parse_config(raw: Any) -> ScalerConfig:
     """Build a :class:`ScalerConfig` from the decoded JSON document, or raise :class:`ConfigError`."""
     _require(isinstance(raw, dict), "(root)", "must be a JSON object")
@@ -444,6 +496,7 @@ def parse_config(raw: Any) -> ScalerConfig:
     _require("cluster" in values, "cluster", "is required")
     _require("pools" in values, "pools", "is required")
     broker = _broker(values.pop("broker"))
+    prices = _prices(values.pop("prices", {}))
     pools_raw: dict[str, Any] = values.pop("pools")
     _require(len(pools_raw) > 0, "pools", "must define at least one pool")
     pools = tuple(_pool(name, body) for name, body in pools_raw.items())
@@ -456,7 +509,7 @@ def parse_config(raw: Any) -> ScalerConfig:
                 f"queue {queue!r} is already consumed by pool {seen.get(queue)!r}",
             )
             seen[queue] = pool.name
-    config = ScalerConfig(broker=broker, pools=pools, **values)
+    config = ScalerConfig(broker=broker, pools=pools, prices=prices, **values)
     _require(config.cluster != "", "cluster", "must not be empty")
     for pool in pools:
         _require(

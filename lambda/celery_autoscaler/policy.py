@@ -30,7 +30,8 @@ The rule, per pool (c = concurrency x target_utilisation slots per worker):
              idle_window_s (nothing unacked at all when attribution is unknown)
   hold     : broker unreadable, one of the pool's queues unreadable, or the reading older than
              stale_after_s -> keep current (or fallback_count if higher); the estimators are not updated
-  clamp    : always within [min_workers, max_workers]
+  clamp    : always within [min_workers, max_workers]; a count capped by max_workers says so in its
+             reason ("-> 6 (at max_workers; 126 wanted)") and in ``Decision.wanted``
   floor    : then at least the minimum of every declared schedule whose window is open (schedules.py);
              a floor only raises, and is not kept as a recommendation, so it ends with its window
 """
@@ -84,6 +85,8 @@ class Decision:
     reason: str
     new_state: PoolState
     estimates: Estimates | None = None
+    wanted: int | None = None
+    """What the load asked for when ``max_workers`` capped it (``desired`` is then max_workers), else ``None``."""
 
 
 def _clamp(count: int, pool: PoolConfig) -> int:
@@ -235,6 +238,7 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         # Still late once every worker asked for runs: add one. Still starting: hold, do not pile on.
         raw = max(raw, current + 1 if measurements.running >= current else current)
         keep = max(keep, raw)
+    wanted = raw
     raw = _clamp(raw, pool)
 
     window = [(t, r) for t, r in state.recommendations if now - t < pool.scale_in_window_s]
@@ -272,6 +276,9 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         reason = f"steady: {load_text}; {sizing} -> {desired}"
 
     desired = _clamp(desired, pool)
+    capped = wanted > pool.max_workers and desired == pool.max_workers
+    if capped:
+        reason += f" (at max_workers; {wanted} wanted)"
     lead_s = _lead_s(pool, state, now, estimates.start_delay_s)
     recurrence = state.recurrence
     if pool.learned_prewarm:
@@ -292,4 +299,4 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
         estimator=estimator,
         recurrence=recurrence,
     )
-    return Decision(desired, reason, new_state, estimates)
+    return Decision(desired, reason, new_state, estimates, wanted if capped else None)

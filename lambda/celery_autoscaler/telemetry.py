@@ -133,6 +133,9 @@ class Telemetry:
             "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
             "paused": outcome.paused(),
             "drain": outcome.drained(),
+            "pinned_at_max": decision is not None and decision.wanted is not None,
+            "worker_seconds": outcome.worker_seconds,
+            "estimated_cost_usd": outcome.cost_usd,
         }
         if outcome.traceback is not None:
             line["traceback"] = outcome.traceback
@@ -161,6 +164,9 @@ class Telemetry:
                     "UndeclaredQueues": (sum(q.declared is False for q in queues) if queues else None, "Count"),
                     "Paused": (1 if outcome.pause is not None else 0, "Count"),
                     "DrainedWorkers": (drain["drained"] if drain is not None else None, "Count"),
+                    "PinnedAtMax": (None if decision is None else int(decision.wanted is not None), "Count"),
+                    "WorkerSeconds": (outcome.worker_seconds, "Seconds"),
+                    "EstimatedCostUSD": (outcome.cost_usd, "None"),
                     "BrokerUnreadable": (1 if _broker_unreadable(outcome) else 0, "Count"),
                     # One metric per fault kind, only on ticks that had it (BrokerErrors, StateErrors, ScalerBugs...).
                     **{fault.metric: (1, "Count") for fault in outcome.faults if fault.metric is not None},

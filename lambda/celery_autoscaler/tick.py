@@ -115,6 +115,8 @@ class PoolOutcome:
     traceback: str | None = None
     pause: Pause | None = None
     drain: DrainPlan | None = None
+    worker_seconds: float | None = None
+    cost_usd: float | None = None
 
     def with_problem(self, problem: Problem | None) -> PoolOutcome:
         """This outcome with ``problem`` added to its error, faults and traceback."""
@@ -366,10 +368,12 @@ def _pool_tick(
 
     load = pool_load(pool.queues, broker) if broker is not None else None
     measurements = PoolMeasurements(current_desired=status.desired, running=status.running, load=load)
+    worker_seconds = status.running * config.tick_interval_s  # the running tasks, until the next tick
+    task_hour_usd = config.prices.task_hour_usd(pool.cpu, pool.memory, pool.architecture, pool.spot_weight)
     unreadable = "; ".join(f"queue {q!r} unreadable: {e}" for q, e in load.unreadable.items()) if load else ""
-    base = replace(base, measurements=measurements).with_problem(
-        Problem(unreadable, Fault.QUEUE) if unreadable else None
-    )
+    base = replace(
+        base, measurements=measurements, worker_seconds=worker_seconds, cost_usd=worker_seconds / 3600 * task_hour_usd
+    ).with_problem(Problem(unreadable, Fault.QUEUE) if unreadable else None)
     if isinstance(trusted, Problem):
         return _hold_untrusted(base, trusted, stored, store, status, now)
 
