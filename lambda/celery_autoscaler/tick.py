@@ -156,6 +156,9 @@ class PoolOutcome:
             "protected_tasks": self.protected_tasks,
             "paused": self.paused(),
             "drain": self.drained(),
+            "pinned_at_max": self.decision is not None and self.decision.wanted is not None,
+            "worker_seconds": self.worker_seconds,
+            "estimated_cost_usd": self.cost_usd,
         }
 
     def drained(self) -> dict[str, int] | None:

@@ -36,6 +36,7 @@ from celery_autoscaler.state import DynamoStateStore
 from celery_autoscaler.telemetry import Telemetry
 from celery_autoscaler.tick import run_tick
 from demo.events import EventLog, read_events
+from demo.html_report import write_report
 from demo.loadgen import SENT_KEY, LoadGenerator
 from demo.profiles import DEFAULT, QUICK, Profile
 from demo.report import DONE_KEY, RUNS_KEY, build_summary, plot_timeline, task_records
@@ -317,7 +318,9 @@ def tick(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the short profile (under 3 minutes)")
-    parser.add_argument("--out", type=Path, default=ROOT / "demo-out", help="where summary.json, timeline.png go")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "demo-out", help="where summary.json, timeline.png, report.html go"
+    )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("DEMO_REDIS_URL"),
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else DEFAULT
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "timeline.png", "events.jsonl"):
+    for stale in ("summary.json", "timeline.png", "report.html", "events.jsonl"):
         (out / stale).unlink(missing_ok=True)
     started = time.monotonic()
     log(f"profile {profile.name}, broker {args.broker}; output in {out}")
@@ -376,8 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         (out / "tasks.json").write_text(json.dumps(records) + "\n")
         summary = build_summary(records, all_events, ran["pools"])
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot_timeline(all_events, ran["pools"], out / "timeline.png")
-    log(f"done in {time.monotonic() - started:.0f} s: {out / 'summary.json'}, {out / 'timeline.png'}")
+        max_workers = {pool.name: pool.max_workers for pool in config.pools}
+        plot_timeline(all_events, ran["pools"], out / "timeline.png", max_workers, summary)
+        write_report(all_events, summary, ran["pools"], max_workers, out / "report.html")
+    log(
+        f"done in {time.monotonic() - started:.0f} s: "
+        f"{out / 'summary.json'}, {out / 'timeline.png'}, {out / 'report.html'}"
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -96,14 +96,39 @@ def build_summary(records: dict[str, dict[str, Any]], events: list[dict[str, Any
     }
 
 
-def plot_timeline(events: list[dict[str, Any]], pools: list[str], path: Path) -> None:
-    """Per pool: queue depth (waiting, in flight) and desired/running workers, decisions marked."""
+def plot_timeline(
+    events: list[dict[str, Any]],
+    pools: list[str],
+    path: Path,
+    max_workers: dict[str, int] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """``timeline.png``: :func:`timeline_figure`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(events, pools, max_workers, summary)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def timeline_figure(
+    events: list[dict[str, Any]],
+    pools: list[str],
+    max_workers: dict[str, int] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> Any:
+    """Per pool: queue depth (waiting, in flight) and the oldest task's age, desired/running workers and
+    max_workers, decisions marked; every axis in its series' colour, the legend explains the shading and
+    markers, and the run's summary is printed on the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(len(pools), 1, figsize=(11, 3.6 * len(pools)), sharex=True, squeeze=False)
+    tasks_colour, workers_colour, age_colour = "#3182bd", "#d62728", "#6a51a3"
+    fig, axes = plt.subplots(len(pools), 1, figsize=(12, 3.8 * len(pools)), sharex=True, squeeze=False)
     phases = [(e["t"], e["phase"]) for e in events if e["kind"] == "load_phase"]
     end_t = events[-1]["t"] if events else 1.0
     for ax, pool in zip(axes[:, 0], pools, strict=True):
@@ -120,23 +145,40 @@ def plot_timeline(events: list[dict[str, Any]], pools: list[str], path: Path) ->
             color="#fdd0a2",
             label="in flight",
         )
-        ax.set_ylabel("tasks in queue")
+        ax.set_ylabel("tasks in queue", color=tasks_colour)
+        ax.tick_params(axis="y", colors=tasks_colour)
         ax.set_title(f"pool {pool}", loc="left")
         right = ax.twinx()
         desired = [(e["t"], e["desired"]) for e in ticks if e.get("desired") is not None]
         if desired:
             dt, dv = zip(*desired, strict=True)
-            right.step([*dt, end_t], [*dv, dv[-1]], where="post", color="#d62728", lw=2, label="desired")
+            right.step([*dt, end_t], [*dv, dv[-1]], where="post", color=workers_colour, lw=2, label="desired workers")
         running = [(0.0, 0)] + [
             (e["t"], e["running"]) for e in events if e["kind"] == "runner_running" and e["pool"] == pool
         ]
         rt, rv = zip(*running, strict=True)
-        right.step([*rt, end_t], [*rv, rv[-1]], where="post", color="#2ca02c", lw=2, ls="--", label="running")
+        right.step([*rt, end_t], [*rv, rv[-1]], where="post", color="#2ca02c", lw=2, ls="--", label="running workers")
+        top = max([*rv, *(v for _, v in desired), 1])
+        if max_workers and pool in max_workers:
+            right.axhline(
+                max_workers[pool], color="#444444", lw=1.2, ls=":", label=f"max_workers ({max_workers[pool]})"
+            )
+            top = max(top, max_workers[pool])
         for when, before, after in scaler_changes(events)[pool]:
-            marker, color = ("^", "#d62728") if after > before else ("v", "#9467bd")
+            marker, color = ("^", workers_colour) if after > before else ("v", "#9467bd")
             right.plot([when], [after], marker=marker, color=color, ms=9, ls="none")
-        right.set_ylabel("workers")
-        right.set_ylim(bottom=0, top=max([*rv, *(v for _, v in desired), 1]) + 1)
+        right.set_ylabel("workers", color=workers_colour)
+        right.tick_params(axis="y", colors=workers_colour)
+        right.set_ylim(bottom=0, top=top + 1)
+        age = ax.twinx()
+        age.spines["right"].set_position(("axes", 1.07))
+        ages = [(e["t"], e["oldest_age_s"]) for e in ticks if e.get("oldest_age_s") is not None]
+        if ages:
+            at, av = zip(*ages, strict=True)
+            age.plot(at, av, color=age_colour, lw=1, alpha=0.8, label="oldest waiting task's age")
+        age.set_ylabel("oldest task age (s)", color=age_colour)
+        age.tick_params(axis="y", colors=age_colour)
+        age.set_ylim(bottom=0)
         for index, (when, phase) in enumerate(phases):
             until = phases[index + 1][0] if index + 1 < len(phases) else end_t
             if phase == "trickle":
@@ -145,10 +187,27 @@ def plot_timeline(events: list[dict[str, Any]], pools: list[str], path: Path) ->
             ax.annotate(
                 phase, (when, 0.98), xycoords=("data", "axes fraction"), fontsize=8, va="top", ha="right", rotation=90
             )
-        lines = ax.get_legend_handles_labels()
-        more = right.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
-    axes[-1, 0].set_xlabel("seconds since start  (▲ scale out, ▼ scale in: decisions the scaler acted on)")
+        explained = [
+            Patch(color="#fff6cc", label="shaded: trickle phase of the load"),
+            Line2D([], [], color="grey", lw=0.8, ls=":", label="dotted grey: a load phase starts"),
+            Line2D([], [], marker="^", color=workers_colour, ls="none", label="scale out the scaler acted on"),
+            Line2D([], [], marker="v", color="#9467bd", ls="none", label="scale in the scaler acted on"),
+        ]
+        handles, labels = [], []
+        for part in (ax, right, age):
+            more = part.get_legend_handles_labels()
+            handles += more[0]
+            labels += more[1]
+        ax.legend(
+            handles + explained, labels + [h.get_label() for h in explained], loc="upper left", fontsize=7, ncol=2
+        )
+    axes[-1, 0].set_xlabel("seconds since start")
+    if summary:
+        fig.suptitle(
+            f"wait p95 {summary.get('wait_p95_s')} s   tasks lost {summary.get('tasks_lost')}   "
+            f"worker-seconds {summary.get('worker_seconds')}   tasks {summary.get('tasks_completed')}"
+            f"/{summary.get('tasks_sent')} completed",
+            fontsize=10,
+        )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
