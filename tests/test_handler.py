@@ -88,7 +88,8 @@ def test_handler_runs_its_ticks_and_scales(
     assert desired_count(aws) == 4
     lines = stdout_lines(capsys)
     assert [line["pool"] for line in lines if line.get("message") == "pool tick"] == ["default", "default"]
-    assert sum(1 for line in lines if "_aws" in line) == 4  # per pool and per queue, twice
+    assert sum(1 for line in lines if "_aws" in line) == 6  # per pool, per queue and Ticks, twice
+    assert [line["Ticks"] for line in lines if "Ticks" in line] == [1, 1], "one Ticks per completed tick"
 
 
 def test_dry_run_event_decides_without_updating(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:

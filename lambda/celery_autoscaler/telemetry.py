@@ -110,6 +110,10 @@ class Telemetry:
         self.logger.error("tick failed", exc_info=exc, extra={"error": f"{type(exc).__name__}: {exc}"})
         self._emit(emf_document(self.namespace, {}, {"ScalerBugs": (1, "Count")}, now))
 
+    def tick_done(self, *, now: float) -> None:
+        """``Ticks`` = 1 (no dimensions) once per completed tick: its absence is what the scaler-silent alarm sees."""
+        self._emit(emf_document(self.namespace, {}, {"Ticks": (1, "Count")}, now))
+
     def pool(self, outcome: PoolOutcome, *, dry_run: bool, now: float) -> None:
         """One log line and the EMF metrics for one pool at one tick."""
         m = outcome.measurements

@@ -448,5 +448,6 @@ def run_tick(
     if telemetry is not None:  # after every pool acted, so a failure to write stops no pool
         for outcome in outcomes:
             telemetry.pool(outcome, dry_run=dry_run, now=now)
+        telemetry.tick_done(now=now)
     broker_error = broker_problem.message if broker_problem is not None else None
     return TickResult(outcomes=tuple(outcomes), now=now, broker_error=broker_error)
