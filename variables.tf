@@ -885,3 +885,21 @@ variable "monitoring" {
     error_message = "monitoring.oldest_task_age_alarm_s (${var.monitoring.oldest_task_age_alarm_s}) must be in (0, 604800] seconds (a week)."
   }
 }
+
+variable "prices" {
+  description = "Fargate prices in USD for the scaler's EstimatedCostUSD metric (per pool, from its cpu, memory, architecture and spot_weight): configuration, never fetched at run time. Defaults: us-east-1 Linux on-demand; the Spot share is priced spot_discount_percent below on-demand."
+  type = object({
+    x86_64_vcpu_hour_usd  = optional(number, 0.04048)
+    x86_64_gb_hour_usd    = optional(number, 0.004445)
+    arm64_vcpu_hour_usd   = optional(number, 0.03238)
+    arm64_gb_hour_usd     = optional(number, 0.00356)
+    spot_discount_percent = optional(number, 70)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = alltrue([for name, price in var.prices : price >= 0]) && var.prices.spot_discount_percent <= 100
+    error_message = "prices must be >= 0 and prices.spot_discount_percent <= 100."
+  }
+}

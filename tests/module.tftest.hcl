@@ -271,7 +271,7 @@ run "scaler_config_matches_the_python_schema" {
   command = plan
 
   assert {
-    condition     = toset(keys(output.scaler_config)) == toset(["broker", "cluster", "pools", "state_table", "tick_interval_s", "ticks_per_invocation", "dry_run", "metrics_namespace"])
+    condition     = toset(keys(output.scaler_config)) == toset(["broker", "cluster", "pools", "state_table", "tick_interval_s", "ticks_per_invocation", "dry_run", "metrics_namespace", "prices"])
     error_message = "Top-level keys of the config are exactly config.py's."
   }
 
@@ -286,8 +286,15 @@ run "scaler_config_matches_the_python_schema" {
       "target_latency_s", "max_scale_out_step", "max_scale_in_percent", "scale_in_window_s", "idle_window_s", "stale_after_s", "fallback_count",
       "wait_target_s", "drain_time_s", "scale_in_tolerance", "start_delay_s",
       "learned_prewarm", "prewarm_confidence", "prewarm_margin_s", "prewarm_max_misses", "schedules",
+      "cpu", "memory", "architecture", "spot_weight",
     ])])
     error_message = "Pool keys of the config are config.py's."
+  }
+
+  assert {
+    condition = (output.scaler_config.pools.reports.cpu == 1024 && output.scaler_config.pools.reports.memory == 2048 && output.scaler_config.pools.reports.architecture == "ARM64"
+    && output.scaler_config.pools.default.spot_weight == 50 && output.scaler_config.pools.default.cpu == 256 && output.scaler_config.prices.spot_discount_percent == 70)
+    error_message = "Each pool's task size (for the cost metrics) and the prices reach the config."
   }
 
   assert {

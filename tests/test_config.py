@@ -131,10 +131,12 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 def test_terraform_scaling_settings_are_the_pool_schema_with_its_defaults() -> None:
     # worker_pools.NAME.scaling passes through to pools.NAME unchanged (main.tf merges it), so
-    # its names and defaults must be PoolConfig's; concurrency is the pool's own, with the same default.
+    # its names and defaults must be PoolConfig's; concurrency and the task size (for the cost metrics)
+    # are the pool's own, with the same defaults.
     scaling = _object_block("    scaling = optional(object({", "      schedules = optional(")
     pool_defaults = _defaults(PoolConfig)
-    assert set(scaling) | {"schedules"} == set(pool_defaults) - {"concurrency"}
+    own = {"concurrency", "cpu", "memory", "architecture", "spot_weight"}  # the pool's own, outside scaling
+    assert set(scaling) | {"schedules"} == set(pool_defaults) - own
     assert scaling == {name: pool_defaults[name] for name in scaling}
     assert pool_defaults["schedules"] == ()
     assert "      })), [])\n    }), {})" in VARIABLES
@@ -149,7 +151,7 @@ def test_terraform_scaling_settings_are_the_pool_schema_with_its_defaults() -> N
         k: v for k, v in fields.items() if k in schedule and v is not dataclasses.MISSING
     }
     pool = _object_block('variable "worker_pools"', "    scaling = optional(")
-    assert pool["concurrency"] == pool_defaults["concurrency"]
+    assert {name: pool[name] for name in own} == {name: pool_defaults[name] for name in own}
 
 
 @pytest.mark.parametrize(("variable", "cls"), [("broker", BrokerConfig), ("scaler", ScalerConfig)])

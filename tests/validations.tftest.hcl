@@ -1482,3 +1482,13 @@ run "producer_security_group_ids_format" {
 
   expect_failures = [var.producer_security_group_ids]
 }
+
+run "prices_not_negative" {
+  command = plan
+
+  variables {
+    prices = { spot_discount_percent = 120 }
+  }
+
+  expect_failures = [var.prices]
+}
