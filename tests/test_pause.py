@@ -204,10 +204,14 @@ def test_status_prints_counts_bounds_last_decision_pause_and_inputs(
     text = capsys.readouterr().out
     assert "default (service worker-default): 3 desired, 3 running, 0 pending; bounds 0..10" in text
     assert "  last decision: burst: 12 waiting, 0 in flight" in text
-    assert "  policy inputs: 4 tasks per worker; max over the scale-in window 3;" in text
+    kept = DynamoStateStore(RAW_CONFIG["state_table"]).load(["default"])["default"]
+    assert isinstance(kept, PoolState)
+    window_max = max(count for _, count in kept.recommendations)
+    assert f"  policy inputs: 4 tasks per worker; max over the scale-in window {window_max};" in text
     assert "video (service worker-video): 0 desired" in text
     assert "  paused: paused by ops since " in text
     assert "  pause count: 1" in text
+    assert text.count("  estimator state: {") == 2
     assert text.count("  last decision: ") == 2
     assert "no tick saved a reason yet" not in text
 
@@ -215,7 +219,8 @@ def test_status_prints_counts_bounds_last_decision_pause_and_inputs(
     rows = {row["pool"]: row for row in json.loads(capsys.readouterr().out)["pools"]}
     assert (rows["default"]["desired"], rows["default"]["max_workers"], rows["default"]["paused"]) == (3, 10, None)
     assert rows["default"]["last_reason"].startswith("burst: 12 waiting")
-    assert rows["default"]["state"]["recommendations"][0][1] == 3
+    assert rows["default"]["state"]["recommendations"][0][1] == window_max
+    assert "estimator" in rows["default"]["state"], "the estimators' state the policy sizes from"
     pause = rows["video"]["paused"]
     assert (pause["by"], pause["count"], pause["active"]) == ("ops", 1, True)
     assert pause["until"] == pytest.approx(pause["since"] + 3600)

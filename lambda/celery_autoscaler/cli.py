@@ -338,6 +338,8 @@ def _print_status(row: dict[str, Any]) -> None:
         f"{row['window_max'] if row['window_max'] is not None else '-'}; idle since {_clock(state['idle_since'])}; "
         f"{state['consecutive_failures']} failed tick(s) in a row"
     )
+    if state.get("estimator") is not None:  # what the estimators remember (rates, run times, start delays)
+        print(f"  estimator state: {json.dumps(state['estimator'], separators=(',', ':'))}")
 
 
 def run_status(args: argparse.Namespace) -> int:
