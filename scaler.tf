@@ -20,6 +20,10 @@ module "scaler" {
     concurrency             = p.concurrency
     oldest_task_age_alarm_s = p.oldest_task_age_alarm_s
     scaling                 = p.scaling
+    cpu                     = p.cpu
+    memory                  = p.memory
+    architecture            = p.architecture
+    spot_weight             = p.spot_weight
   } }
 
   broker = {
@@ -63,6 +67,7 @@ module "scaler" {
 
   log_retention_days = var.log_retention_days
   monitoring         = var.monitoring
+  prices             = var.prices
 }
 
 ################################################################################

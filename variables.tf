@@ -867,13 +867,22 @@ variable "iam_permissions_boundary" {
 variable "monitoring" {
   description = "CloudWatch dashboard (queue depth, in-flight, oldest task age, desired/running per pool from the scaler's metrics) and alarms (scaler errors, Lambda errors, dead letters, oldest task age per pool). alarm_actions: SNS topic ARNs notified on alarm and OK."
   type = object({
-    dashboard               = optional(bool, true)
-    alarms                  = optional(bool, true)
-    alarm_actions           = optional(list(string), [])
-    oldest_task_age_alarm_s = optional(number, 900)
+    dashboard                 = optional(bool, true)
+    alarms                    = optional(bool, true)
+    alarm_actions             = optional(list(string), [])
+    oldest_task_age_alarm_s   = optional(number, 900)
+    scaler_silent_alarm_s     = optional(number, 300)
+    broker_unreadable_alarm_s = optional(number, 180)
+    pinned_at_max_alarm_s     = optional(number, 900)
   })
   default  = {}
   nullable = false
+
+  validation {
+    condition = alltrue([for s in [var.monitoring.scaler_silent_alarm_s, var.monitoring.broker_unreadable_alarm_s, var.monitoring.pinned_at_max_alarm_s] :
+    s >= 60 && s <= 86400 && s % 60 == 0])
+    error_message = "monitoring.scaler_silent_alarm_s, broker_unreadable_alarm_s and pinned_at_max_alarm_s must be whole minutes from 60 to 86400 s (got ${var.monitoring.scaler_silent_alarm_s}, ${var.monitoring.broker_unreadable_alarm_s}, ${var.monitoring.pinned_at_max_alarm_s})."
+  }
 
   validation {
     condition     = alltrue([for a in var.monitoring.alarm_actions : can(regex("^arn:aws[a-z-]*:", a))])

@@ -44,6 +44,8 @@ def module_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             shutil.copy2(tf, dest / module / tf.name)
         for test in (ROOT / module).glob("tests/*.tftest.hcl"):
             shutil.copy2(test, dest / module / "tests" / test.name)
+        if (ROOT / module / "queries").is_dir():  # the dashboard's Logs Insights queries, read with file()
+            shutil.copytree(ROOT / module / "queries", dest / module / "queries")
     (dest / LAMBDA_ZIP).parent.mkdir(parents=True)
     shutil.copy2(ROOT / LAMBDA_ZIP, dest / LAMBDA_ZIP)
     for example in EXAMPLES:

@@ -1492,3 +1492,13 @@ run "prices_not_negative" {
 
   expect_failures = [var.prices]
 }
+
+run "monitoring_oncall_alarm_s" {
+  command = plan
+
+  variables {
+    monitoring = { scaler_silent_alarm_s = 30 }
+  }
+
+  expect_failures = [var.monitoring]
+}

@@ -51,15 +51,20 @@ locals {
     cluster = local.cluster_name
     # A pool's scaling settings carry the scaler's names, so they pass through as they are.
     pools = { for pool, p in var.pools : pool => merge(p.scaling, {
-      service     = p.service
-      queues      = p.queues
-      concurrency = p.concurrency
+      service      = p.service
+      queues       = p.queues
+      concurrency  = p.concurrency
+      cpu          = p.cpu
+      memory       = p.memory
+      architecture = p.architecture
+      spot_weight  = p.spot_weight
     }) }
     state_table          = local.state_table_name
     tick_interval_s      = var.scaler.tick_interval_s
     ticks_per_invocation = var.scaler.ticks_per_invocation
     dry_run              = var.scaler.dry_run
     metrics_namespace    = var.scaler.metrics_namespace
+    prices               = var.prices
   }
 }
 

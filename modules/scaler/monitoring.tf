@@ -2,6 +2,89 @@ locals {
   # The scaler's EMF metrics: namespace scaler.metrics_namespace, per-pool metrics with dimension Pool.
   metrics_namespace = var.scaler.metrics_namespace
   alarms_enabled    = var.create && var.monitoring.alarms
+  pool_names        = sort(keys(var.pools))
+  below_pools       = 6 + length(var.pools) * 6
+
+  # Logs Insights over the scaler's JSON lines (one per pool per tick); the query files are tested
+  # against the lines real ticks write (tests/test_dashboard_queries.py).
+  queries = {
+    actions = "SOURCE '${local.log_group_name}' | ${trimspace(file("${path.module}/queries/scaling_actions.logsinsights"))}"
+    holds   = "SOURCE '${local.log_group_name}' | ${trimspace(file("${path.module}/queries/holds_and_errors.logsinsights"))}"
+  }
+
+  oncall_widgets = [
+    {
+      type   = "metric"
+      x      = 0
+      y      = local.below_pools
+      width  = 8
+      height = 6
+      properties = {
+        title   = "Estimated cost per pool per hour (USD)"
+        region  = local.region
+        stat    = "Sum"
+        period  = 3600
+        view    = "timeSeries"
+        metrics = [for pool in local.pool_names : [local.metrics_namespace, "EstimatedCostUSD", "Pool", pool]]
+      }
+    },
+    {
+      type   = "metric"
+      x      = 8
+      y      = local.below_pools
+      width  = 8
+      height = 6
+      properties = {
+        title   = "Estimated cost per pool per day (USD)"
+        region  = local.region
+        stat    = "Sum"
+        period  = 86400
+        view    = "bar"
+        metrics = [for pool in local.pool_names : [local.metrics_namespace, "EstimatedCostUSD", "Pool", pool]]
+      }
+    },
+    {
+      type   = "metric"
+      x      = 16
+      y      = local.below_pools
+      width  = 8
+      height = 6
+      properties = {
+        title   = "Pinned at max_workers, broker unreadable, paused (1 = every tick of the minute)"
+        region  = local.region
+        stat    = "Minimum"
+        period  = 60
+        view    = "timeSeries"
+        metrics = [for pair in setproduct(local.pool_names, ["PinnedAtMax", "BrokerUnreadable", "Paused"]) : [local.metrics_namespace, pair[1], "Pool", pair[0]]]
+      }
+    },
+    {
+      type   = "log"
+      x      = 0
+      y      = local.below_pools + 6
+      width  = 24
+      height = 8
+      properties = {
+        title  = "Latest scaling actions: time, pool, from -> to workers, reason"
+        region = local.region
+        view   = "table"
+        query  = local.queries.actions
+      }
+    },
+    {
+      type   = "log"
+      x      = 0
+      y      = local.below_pools + 14
+      width  = 24
+      height = 8
+      properties = {
+        title  = "Latest holds, pauses and errors"
+        region = local.region
+        view   = "table"
+        query  = local.queries.holds
+      }
+    },
+  ]
 
   pool_widgets = flatten([for i, pool in sort(keys(var.pools)) : [
     {
@@ -127,7 +210,7 @@ resource "aws_cloudwatch_dashboard" "this" {
   count = var.create && var.monitoring.dashboard ? 1 : 0
 
   dashboard_name = var.name
-  dashboard_body = jsonencode({ widgets = concat(local.scaler_widgets, local.pool_widgets) })
+  dashboard_body = jsonencode({ widgets = concat(local.scaler_widgets, local.pool_widgets, local.oncall_widgets) })
 }
 
 ################################################################################
@@ -208,6 +291,68 @@ resource "aws_cloudwatch_metric_alarm" "oldest_task_age" {
   evaluation_periods  = 3
   threshold           = coalesce(each.value.oldest_task_age_alarm_s, var.monitoring.oldest_task_age_alarm_s)
   comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.monitoring.alarm_actions
+  ok_actions          = var.monitoring.alarm_actions
+
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "scaler_silent" {
+  count = local.alarms_enabled ? 1 : 0
+
+  alarm_name          = "${local.scaler_name}-silent"
+  alarm_description   = "The Celery autoscaler of ${var.name} completed no tick for ${var.monitoring.scaler_silent_alarm_s / 60} minutes (no Ticks metric; missing data counts as breaching): no pool is being scaled. Check that the Lambda ${local.scaler_name} exists, its schedule is enabled and it does not fail (its Errors, its log group); set counts by hand meanwhile. See docs/operations.md."
+  namespace           = local.metrics_namespace
+  metric_name         = "Ticks"
+  statistic           = "Sum"
+  period              = 60
+  evaluation_periods  = var.monitoring.scaler_silent_alarm_s / 60
+  datapoints_to_alarm = var.monitoring.scaler_silent_alarm_s / 60
+  threshold           = 1
+  comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = var.monitoring.alarm_actions
+  ok_actions          = var.monitoring.alarm_actions
+
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "broker_unreadable" {
+  for_each = local.alarms_enabled ? var.pools : {}
+
+  alarm_name          = "${local.pool_services[each.key]}-broker-unreadable"
+  alarm_description   = "The Celery autoscaler of ${var.name} could not read pool ${each.key}'s queues on any tick for ${var.monitoring.broker_unreadable_alarm_s / 60} consecutive minutes: it holds the pool's count (never scales in) but cannot scale out. Check the broker is up and reachable from the scaler (subnets, security group, secret); the dashboard's holds table shows the error. See docs/operations.md."
+  namespace           = local.metrics_namespace
+  metric_name         = "BrokerUnreadable"
+  dimensions          = { Pool = each.key }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = var.monitoring.broker_unreadable_alarm_s / 60
+  datapoints_to_alarm = var.monitoring.broker_unreadable_alarm_s / 60
+  threshold           = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.monitoring.alarm_actions
+  ok_actions          = var.monitoring.alarm_actions
+
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "pinned_at_max" {
+  for_each = local.alarms_enabled ? var.pools : {}
+
+  alarm_name          = "${local.pool_services[each.key]}-pinned-at-max"
+  alarm_description   = "Pool ${each.key} of ${var.name} has been at max_workers (${each.value.scaling.max_workers}) while its load asked for more on every tick for ${var.monitoring.pinned_at_max_alarm_s / 60} minutes: its backlog grows. Raise its max_workers, or pause it at a higher count for now (celery-autoscaler pause ${each.key} --count N). See docs/operations.md."
+  namespace           = local.metrics_namespace
+  metric_name         = "PinnedAtMax"
+  dimensions          = { Pool = each.key }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = var.monitoring.pinned_at_max_alarm_s / 60
+  datapoints_to_alarm = var.monitoring.pinned_at_max_alarm_s / 60
+  threshold           = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.monitoring.alarm_actions
   ok_actions          = var.monitoring.alarm_actions

@@ -103,12 +103,17 @@ variable "pools" {
     - queues: the Celery queues the pool consumes (unique across pools); concurrency: Celery worker processes per task.
     - oldest_task_age_alarm_s: oldest-task-age alarm threshold (defaults to monitoring.oldest_task_age_alarm_s).
     - scaling: the scaler's settings for this pool, the same names and defaults as the root module's `worker_pools.NAME.scaling` and the scaler's JSON config (schedules: docs/schedules.md).
+    - cpu (CPU units), memory (MiB), architecture (X86_64 or ARM64), spot_weight (percent of tasks on FARGATE_SPOT): the task's size, for the cost metrics (WorkerSeconds, EstimatedCostUSD) only.
   EOT
   type = map(object({
     service                 = string
     queues                  = list(string)
     concurrency             = optional(number, 2)
     oldest_task_age_alarm_s = optional(number)
+    cpu                     = optional(number, 256)
+    memory                  = optional(number, 512)
+    architecture            = optional(string, "X86_64")
+    spot_weight             = optional(number, 0)
     scaling = optional(object({
       min_workers               = optional(number, 0)
       max_workers               = optional(number, 10)
@@ -144,6 +149,21 @@ variable "pools" {
   validation {
     condition     = length(var.pools) > 0
     error_message = "pools must define at least one pool."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.cpu > 0 && p.memory > 0])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].cpu/memory (${p.cpu}/${p.memory})" if !(p.cpu > 0 && p.memory > 0)])} must be > 0 (CPU units, MiB)."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : contains(["X86_64", "ARM64"], p.architecture)])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].architecture (${p.architecture})" if !contains(["X86_64", "ARM64"], p.architecture)])} must be X86_64 or ARM64."
+  }
+
+  validation {
+    condition     = alltrue([for p in var.pools : p.spot_weight >= 0 && p.spot_weight <= 100])
+    error_message = "${join(", ", [for n, p in var.pools : "pools[\"${n}\"].spot_weight (${p.spot_weight})" if !(p.spot_weight >= 0 && p.spot_weight <= 100)])} must be a percentage from 0 to 100."
   }
 
   validation {
@@ -507,15 +527,24 @@ variable "log_retention_days" {
 }
 
 variable "monitoring" {
-  description = "CloudWatch dashboard (queue depth, in-flight, oldest task age, desired/running per pool from the scaler's metrics) and alarms (scaler errors, Lambda errors, dead letters, oldest task age per pool). alarm_actions: SNS topic ARNs notified on alarm and OK."
+  description = "CloudWatch dashboard (queue depth, in-flight, oldest task age, desired/running and cost per pool from the scaler's metrics; the latest scaling actions, holds and errors from its logs) and alarms (scaler silent, scaler errors, Lambda errors, dead letters, and per pool oldest task age, broker unreadable, pinned at max_workers; see docs/operations.md). alarm_actions: SNS topic ARNs notified on alarm and OK. *_alarm_s: how long the condition lasts before the alarm fires (whole minutes for the last three)."
   type = object({
-    dashboard               = optional(bool, true)
-    alarms                  = optional(bool, true)
-    alarm_actions           = optional(list(string), [])
-    oldest_task_age_alarm_s = optional(number, 900)
+    dashboard                 = optional(bool, true)
+    alarms                    = optional(bool, true)
+    alarm_actions             = optional(list(string), [])
+    oldest_task_age_alarm_s   = optional(number, 900)
+    scaler_silent_alarm_s     = optional(number, 300)
+    broker_unreadable_alarm_s = optional(number, 180)
+    pinned_at_max_alarm_s     = optional(number, 900)
   })
   default  = {}
   nullable = false
+
+  validation {
+    condition = alltrue([for s in [var.monitoring.scaler_silent_alarm_s, var.monitoring.broker_unreadable_alarm_s, var.monitoring.pinned_at_max_alarm_s] :
+    s >= 60 && s <= 86400 && s % 60 == 0])
+    error_message = "monitoring.scaler_silent_alarm_s, broker_unreadable_alarm_s and pinned_at_max_alarm_s must be whole minutes from 60 to 86400 s (got ${var.monitoring.scaler_silent_alarm_s}, ${var.monitoring.broker_unreadable_alarm_s}, ${var.monitoring.pinned_at_max_alarm_s})."
+  }
 
   validation {
     condition     = alltrue([for a in var.monitoring.alarm_actions : can(regex("^arn:aws[a-z-]*:", a))])
@@ -525,5 +554,23 @@ variable "monitoring" {
   validation {
     condition     = var.monitoring.oldest_task_age_alarm_s > 0
     error_message = "monitoring.oldest_task_age_alarm_s must be > 0."
+  }
+}
+
+variable "prices" {
+  description = "Fargate prices in USD for the scaler's EstimatedCostUSD metric: configuration, never fetched at run time. Defaults: us-east-1 Linux on-demand; the Spot share of a pool (spot_weight) is priced spot_discount_percent below on-demand."
+  type = object({
+    x86_64_vcpu_hour_usd  = optional(number, 0.04048)
+    x86_64_gb_hour_usd    = optional(number, 0.004445)
+    arm64_vcpu_hour_usd   = optional(number, 0.03238)
+    arm64_gb_hour_usd     = optional(number, 0.00356)
+    spot_discount_percent = optional(number, 70)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = alltrue([for name, price in var.prices : price >= 0]) && var.prices.spot_discount_percent <= 100
+    error_message = "prices must be >= 0 and prices.spot_discount_percent <= 100."
   }
 }

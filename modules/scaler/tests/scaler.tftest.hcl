@@ -264,7 +264,7 @@ run "config_matches_the_python_schema" {
   command = plan
 
   assert {
-    condition     = toset(keys(output.config)) == toset(["broker", "cluster", "pools", "state_table", "tick_interval_s", "ticks_per_invocation", "dry_run", "metrics_namespace"])
+    condition     = toset(keys(output.config)) == toset(["broker", "cluster", "pools", "state_table", "tick_interval_s", "ticks_per_invocation", "dry_run", "metrics_namespace", "prices"])
     error_message = "Top-level keys of the config are exactly config.py's."
   }
 
@@ -279,6 +279,7 @@ run "config_matches_the_python_schema" {
       "target_latency_s", "max_scale_out_step", "max_scale_in_percent", "scale_in_window_s", "idle_window_s", "stale_after_s", "fallback_count",
       "wait_target_s", "drain_time_s", "scale_in_tolerance", "start_delay_s",
       "learned_prewarm", "prewarm_confidence", "prewarm_margin_s", "prewarm_max_misses", "schedules",
+      "cpu", "memory", "architecture", "spot_weight",
     ])])
     error_message = "Pool keys of the config are config.py's."
   }
@@ -308,8 +309,8 @@ run "monitoring" {
   }
 
   assert {
-    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 3 + 3 * 2 && aws_cloudwatch_dashboard.this[0].dashboard_name == "shop"
-    error_message = "The dashboard has the scaler's widgets and three per pool."
+    condition     = length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) == 3 + 3 * 2 + 5 && aws_cloudwatch_dashboard.this[0].dashboard_name == "shop"
+    error_message = "The dashboard has the scaler's widgets, three per pool, cost per hour and per day, pinned/unreadable/paused and two log tables."
   }
 
   assert {
@@ -381,4 +382,105 @@ run "config_too_large_for_the_lambda_environment" {
   }
 
   expect_failures = [aws_lambda_function.this]
+}
+
+run "oncall_alarms_take_their_thresholds_from_variables" {
+  command = plan
+
+  variables {
+    monitoring = { scaler_silent_alarm_s = 600, broker_unreadable_alarm_s = 120, pinned_at_max_alarm_s = 1800 }
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.scaler_silent[0].treat_missing_data == "breaching"
+    error_message = "A silent scaler writes no metric at all: missing data must be breaching."
+  }
+
+  assert {
+    condition = (aws_cloudwatch_metric_alarm.scaler_silent[0].metric_name == "Ticks" && aws_cloudwatch_metric_alarm.scaler_silent[0].comparison_operator == "LessThanThreshold"
+    && aws_cloudwatch_metric_alarm.scaler_silent[0].threshold == 1 && aws_cloudwatch_metric_alarm.scaler_silent[0].period == 60)
+    error_message = "The silent alarm fires on fewer than 1 tick a minute."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.scaler_silent[0].evaluation_periods == 10 && aws_cloudwatch_metric_alarm.scaler_silent[0].datapoints_to_alarm == 10
+    error_message = "monitoring.scaler_silent_alarm_s = 600 is 10 one-minute periods, all of them."
+  }
+
+  assert {
+    condition = alltrue([for pool in ["default", "reports"] : (aws_cloudwatch_metric_alarm.broker_unreadable[pool].evaluation_periods == 2
+      && aws_cloudwatch_metric_alarm.broker_unreadable[pool].datapoints_to_alarm == 2 && aws_cloudwatch_metric_alarm.broker_unreadable[pool].statistic == "Minimum"
+    && aws_cloudwatch_metric_alarm.broker_unreadable[pool].treat_missing_data == "notBreaching" && aws_cloudwatch_metric_alarm.broker_unreadable[pool].dimensions.Pool == pool)])
+    error_message = "Broker unreadable: per pool, every tick of 2 consecutive minutes (the silent alarm covers missing data)."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.pinned_at_max["reports"].evaluation_periods == 30 && aws_cloudwatch_metric_alarm.pinned_at_max["reports"].metric_name == "PinnedAtMax"
+    error_message = "monitoring.pinned_at_max_alarm_s = 1800 is 30 one-minute periods."
+  }
+
+  assert {
+    condition     = strcontains(aws_cloudwatch_metric_alarm.pinned_at_max["default"].alarm_description, "max_workers (20)") && strcontains(aws_cloudwatch_metric_alarm.pinned_at_max["default"].alarm_description, "celery-autoscaler pause default --count N")
+    error_message = "The pinned-at-max alarm says the pool's max and what to do."
+  }
+
+  assert {
+    condition     = alltrue([for a in [aws_cloudwatch_metric_alarm.scaler_silent[0], aws_cloudwatch_metric_alarm.broker_unreadable["default"], aws_cloudwatch_metric_alarm.pinned_at_max["default"]] : strcontains(a.alarm_description, "docs/operations.md")])
+    error_message = "Every new alarm points at the on-call page."
+  }
+}
+
+run "oncall_alarm_defaults" {
+  command = plan
+
+  assert {
+    condition = (aws_cloudwatch_metric_alarm.scaler_silent[0].evaluation_periods == 5 && aws_cloudwatch_metric_alarm.broker_unreadable["default"].evaluation_periods == 3
+    && aws_cloudwatch_metric_alarm.pinned_at_max["default"].evaluation_periods == 15)
+    error_message = "Defaults: silent 5 minutes, broker unreadable 3 minutes, pinned at max 15 minutes."
+  }
+}
+
+run "dashboard_shows_decisions_and_cost" {
+  command = plan
+
+  assert {
+    condition = [for w in jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets : w.properties.query if w.type == "log"] == [
+      "SOURCE '/aws/lambda/shop-scaler' | ${trimspace(file("queries/scaling_actions.logsinsights"))}",
+      "SOURCE '/aws/lambda/shop-scaler' | ${trimspace(file("queries/holds_and_errors.logsinsights"))}",
+    ]
+    error_message = "Two Logs Insights tables over the scaler's log group, with the tested query files' text."
+  }
+
+  assert {
+    condition     = strcontains(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets[length(jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets) - 2].properties.query, "measurements.current_desired as from_workers, decision.desired as to_workers, reason")
+    error_message = "The actions table has time, pool, from -> to and the reason."
+  }
+
+  assert {
+    condition = toset([for w in jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets : w.properties.period if w.type == "metric" && strcontains(w.properties.title, "Estimated cost")]) == toset([3600, 86400]) && alltrue([
+      for w in jsondecode(aws_cloudwatch_dashboard.this[0].dashboard_body).widgets : length(w.properties.metrics) == 2 && w.properties.stat == "Sum"
+    if w.type == "metric" && strcontains(w.properties.title, "Estimated cost")])
+    error_message = "Cost per pool summed per hour and per day, one line per pool."
+  }
+}
+
+run "config_carries_task_sizes_and_prices" {
+  command = plan
+
+  variables {
+    pools = {
+      default = { service = "shop-workers", queues = ["celery"], cpu = 1024, memory = 2048, architecture = "ARM64", spot_weight = 50 }
+    }
+    prices = { arm64_vcpu_hour_usd = 0.03 }
+  }
+
+  assert {
+    condition     = output.config.pools.default.cpu == 1024 && output.config.pools.default.memory == 2048 && output.config.pools.default.architecture == "ARM64" && output.config.pools.default.spot_weight == 50
+    error_message = "The task size reaches the scaler's config under its names."
+  }
+
+  assert {
+    condition     = output.config.prices.arm64_vcpu_hour_usd == 0.03 && output.config.prices.x86_64_vcpu_hour_usd == 0.04048 && output.config.prices.spot_discount_percent == 70
+    error_message = "Prices reach the config, defaults filled in."
+  }
 }

@@ -660,9 +660,69 @@ run "scaling_scale_in_window_s_in_ticks" {
   command = plan
 
   variables {
-    pools = { default = { service = "shop-workers", queues = ["celery"], scaling = { scale_in_window_s = 3600 } } }
+    pools  = { default = { service = "shop-workers", queues = ["celery"], scaling = { scale_in_window_s = 3600 } } }
     scaler = { tick_interval_s = 0.5, ticks_per_invocation = 4 }
   }
 
   expect_failures = [var.pools]
+}
+
+run "pools_cpu_memory" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], memory = 0 } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "pools_architecture" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], architecture = "arm64" } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "pools_spot_weight" {
+  command = plan
+
+  variables {
+    pools = { default = { service = "shop-workers", queues = ["celery"], spot_weight = 150 } }
+  }
+
+  expect_failures = [var.pools]
+}
+
+run "monitoring_oncall_alarm_s_whole_minutes" {
+  command = plan
+
+  variables {
+    monitoring = { broker_unreadable_alarm_s = 90 }
+  }
+
+  expect_failures = [var.monitoring]
+}
+
+run "monitoring_oncall_alarm_s_at_most_a_day" {
+  command = plan
+
+  variables {
+    monitoring = { pinned_at_max_alarm_s = 86460 }
+  }
+
+  expect_failures = [var.monitoring]
+}
+
+run "prices_not_negative" {
+  command = plan
+
+  variables {
+    prices = { x86_64_gb_hour_usd = -0.1 }
+  }
+
+  expect_failures = [var.prices]
 }
