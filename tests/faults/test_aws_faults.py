@@ -14,7 +14,6 @@ to 10), ``b`` has an empty ``qb`` at 2 workers (reading it correctly scales it i
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ import redis
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 from celery_apps import publish
 from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
+from fault_checks import snapshot, strict_json
 from moto import mock_aws
 from moto_aws import (
     CLUSTER,
@@ -58,25 +58,13 @@ TABLE = "celery-autoscaler-state"
 SECRET = "Aws-Fault-Suite-s3cret-2b7e"
 AWS_SECRET = "aws-fault-suite-secret-key-9d41"
 USER = "aws_fault_scaler"
-START = 2
+START = {"a": 0, "b": 2}
+"""Desired counts before the tick. ``a`` has nothing starting, so its burst scales it out at once (a
+pool whose asked-for workers are still starting waits for them); ``b``'s queue is empty, so it scales in."""
 BURST = 20
 FILLERS = tuple(f"f{i}" for i in range(1, 10))
 """Nine more pools between ``a`` and ``b``, so ``b``'s service is in the second DescribeServices batch."""
 pytestmark = pytest.mark.redis_db(DB)
-
-
-def strict_json(line: str) -> Any:
-    """Parse one output line, refusing NaN and Infinity (Python's json accepts them by default)."""
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"not JSON: {constant} in {line[:200]}")
-
-    return json.loads(line, parse_constant=refuse)
-
-
-def snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes | None]]:
-    """Every key of the db with its type and serialised value: the probe must change none of them."""
-    return {key: (client.type(key), client.dump(key)) for key in client.scan_iter(count=1000)}
 
 
 def make_config(*, fillers: bool = False) -> ScalerConfig:
@@ -192,7 +180,8 @@ def rig(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis, caplog: pytest.L
     redis_db.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{SECRET}", *rules)
     publish(redis_url_for(DB), BURST, "qa")
     with mock_aws():
-        ecs = create_services(["worker-a", "worker-b", *(f"worker-{name}" for name in FILLERS)], desired=START)
+        ecs = create_services(["worker-a", "worker-b", *(f"worker-{name}" for name in FILLERS)], desired=START["b"])
+        ecs.update_service(cluster=CLUSTER, service="worker-a", desiredCount=START["a"])
         create_state_table(TABLE)
         seed = DynamoStateStore(TABLE)
         for pool in ("a", "b", *FILLERS):
@@ -206,7 +195,7 @@ def rig(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis, caplog: pytest.L
 def assert_acted(seen: Observed, pool: str) -> None:
     """An unaffected pool decided on its data: out to 10 for the burst on ``a``, in to 1 for empty ``b``."""
     line = seen.logs[pool]
-    assert seen.desired[pool] == {"a": 10, "b": START - 1}[pool], line
+    assert seen.desired[pool] == {"a": 10, "b": START["b"] - 1}[pool], line
     assert line["acted"] is True
     assert line["error"] is None
     assert line["faults"] == []
@@ -216,7 +205,7 @@ def assert_acted(seen: Observed, pool: str) -> None:
 def assert_held(seen: Observed, pool: str, fault: Fault, why: str) -> None:
     """A pool that could not read (or write) what it needed kept its count, said why, and counted it."""
     line = seen.logs[pool]
-    assert seen.desired[pool] == START, line
+    assert seen.desired[pool] == START[pool], line
     assert line["acted"] is False
     assert line["level"] == "ERROR"
     assert why in (line["error"] or ""), line["error"]
@@ -429,19 +418,19 @@ def test_a_corrupt_state_item_holds_its_pool_and_heals(rig: Rig, case: str) -> N
     assert "state reset to the current count" in seen.logs["b"]["error"]
     healed = rig.scaler.store.load(["b"])["b"]
     assert isinstance(healed, PoolState)
-    assert healed.recommendations == ((now, START),)
+    assert healed.recommendations == ((now, START["b"]),)
     # qb is still empty: a fresh state would scale b in now; the seeded window keeps 2 for 30 s.
     later = rig.tick(now=now + 10)
     assert later.logs["b"]["error"] is None
     assert later.logs["b"]["reason"].startswith("steady")
-    assert later.desired["b"] == START
+    assert later.desired["b"] == START["b"]
 
 
 def test_a_state_item_stamped_by_a_clock_an_hour_ahead_is_not_trusted(rig: Rig) -> None:
     now = time.time()
     current = rig.scaler.store.load(["b"])["b"]
     assert isinstance(current, PoolState)
-    rig.scaler.store.save("b", replace(current, recommendations=((now + 3600, START),), last_desired=START))
+    rig.scaler.store.save("b", replace(current, recommendations=((now + 3600, START["b"]),), last_desired=START["b"]))
 
     seen = rig.tick(now=now)
 
@@ -449,7 +438,7 @@ def test_a_state_item_stamped_by_a_clock_an_hour_ahead_is_not_trusted(rig: Rig) 
     assert_held(seen, "b", Fault.CLOCK, "state untrusted (it holds a timestamp 3600 s ahead")
     healed = rig.scaler.store.load(["b"])["b"]
     assert isinstance(healed, PoolState)
-    assert healed.recommendations == ((now, START),), "reset to now: the pool is not stuck until the clock catches up"
+    assert healed.recommendations == ((now, START["b"]),), "reset to now, not stuck until the clock catches up"
 
 
 # --- clock skew between the tick and the broker reading ----------------------------------------------
@@ -491,6 +480,6 @@ def test_two_invocations_at_once_act_on_each_pool_exactly_once(rig: Rig) -> None
         assert (len(acted), len(stood_back)) == (1, 1), pool
         assert stood_back[0].logs[pool]["error"] is None, "standing back is expected, not an error"
         assert sum(pool in s.update_calls for s in seen) == 1
-    assert {pool: desired_count(rig.ecs, f"worker-{pool}") for pool in ("a", "b")} == {"a": 10, "b": START - 1}
+    assert {pool: desired_count(rig.ecs, f"worker-{pool}") for pool in ("a", "b")} == {"a": 10, "b": START["b"] - 1}
     states = rig.scaler.store.load(["a", "b"])
     assert all(isinstance(state, PoolState) and state.version == 2 for state in states.values())

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import REDIS_HOST, REDIS_PORT
+from fault_checks import snapshot, strict_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
@@ -48,20 +49,6 @@ USER = "fault_scaler"
 START = 2
 BURST = 20
 pytestmark = pytest.mark.redis_db(DB)
-
-
-def strict_json(line: str) -> Any:
-    """Parse one output line, refusing NaN and Infinity (Python's json accepts them by default)."""
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"not JSON: {constant} in {line[:200]}")
-
-    return json.loads(line, parse_constant=refuse)
-
-
-def snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes | None]]:
-    """Every key of the db with its type and serialised value: the probe must change none of them."""
-    return {key: (client.type(key), client.dump(key)) for key in client.scan_iter(count=1000)}
 
 
 def set_user(client: redis.Redis, *, keys: tuple[str, ...] = ("*",), drop: tuple[str, ...] = ()) -> None:
