@@ -343,7 +343,7 @@ def test_capacity_still_starting_is_not_sized_twice(
 
 
 def test_worked_example_of_the_readme() -> None:
-    """The README's example, every term by hand: 2 tasks/s of 2 s, 4 workers of 2 slots, 300 waiting."""
+    """The worked example of docs/how-it-scales.md by hand: 2 tasks/s of 2 s, 4 workers of 2 slots, 300 waiting."""
     pool = replace(POOL, concurrency=2, max_workers=50, scale_in_window_s=30)
     estimator = EstimatorState(
         at=985.0,

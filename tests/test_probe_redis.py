@@ -18,7 +18,7 @@ from apps.workers import WorkerProcess
 from celery_apps import celery_worker
 from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
 from kombu import Connection, Exchange, Queue
-from redis_acl import readme_acl_line, readme_acl_rules
+from redis_acl import documented_acl_line, documented_acl_rules
 from waiting import wait_until
 
 from celery_autoscaler.config import BrokerConfig, ConfigError
@@ -232,9 +232,9 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
 
 @contextmanager
 def read_only_user(client: redis.Redis) -> Iterator[str]:
-    """The README's ACL user, created by redis-cli from the recipe as written; removed afterwards."""
-    line = readme_acl_line()
-    name, password, _ = readme_acl_rules()
+    """The documented ACL user, created by redis-cli from the recipe as written; removed afterwards."""
+    line = documented_acl_line()
+    name, password, _ = documented_acl_rules()
     cli = ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT)]
     ran = subprocess.run(cli, input=line + "\n", capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == "OK", ran.stdout + ran.stderr
@@ -558,8 +558,8 @@ def test_an_exchange_bound_since_the_last_binding_read_routes_at_the_next_scan(r
 
 
 @pytest.mark.redis_db(3)
-def test_the_readme_acl_recipe_is_exactly_what_the_probe_sends(redis_db: redis.Redis) -> None:
-    """Run as the README's user, the probe is refused nothing, and uses every command the recipe allows."""
+def test_the_documented_acl_recipe_is_exactly_what_the_probe_sends(redis_db: redis.Redis) -> None:
+    """Run as the documented user, the probe is refused nothing, and uses every command the recipe allows."""
     with Connection(redis_url_for(3)) as connection:
         Queue("acl", Exchange("acl_ex"), routing_key="rk", channel=connection.default_channel).declare()
     now = time.time()
@@ -568,7 +568,7 @@ def test_the_readme_acl_recipe_is_exactly_what_the_probe_sends(redis_db: redis.R
     redis_db.hset("unacked", "t2", json.dumps([message, "acl_ex", "rk"]))
     redis_db.hset(stats_key("", "acl"), mapping={COMPLETED_FIELD: 3, RUN_MS_FIELD: 30})
     expected = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["acl"])
-    user, _, rules = readme_acl_rules()
+    user, _, rules = documented_acl_rules()
     allowed = [rule[1:] for rule in rules if rule.startswith("+")]
 
     def calls() -> dict[str, int]:

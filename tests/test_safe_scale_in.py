@@ -5,7 +5,7 @@ every process in it. The first test SIGTERMs workers in the middle of tasks 50 t
 continuous load (each stopped worker replaced, like scale-in followed by scale-out) and checks that
 every task ran to completion, none lost, and only a rare task cut by a SIGTERM twice. The second
 shows what each shutdown setting does to a task longer than stopTimeout that is SIGKILLed: the
-numbers the README's "Safe scale-in" quotes. The third scales a pool in and out again and again
+numbers docs/safe-scale-in.md quotes. The third scales a pool in and out again and again
 through the real scaler tick and fence and drain, with the demo's task runner playing ECS, on tasks
 longer than the stop timeout: nothing may be killed (docs/safe-scale-in.md).
 """

@@ -42,7 +42,7 @@ from moto_aws import (
     raise_on_send,
     refuse_calls,
 )
-from redis_acl import readme_acl_rules
+from redis_acl import documented_acl_rules
 
 from celery_autoscaler.aws import MAX_ATTEMPTS, Backoff
 from celery_autoscaler.config import ScalerConfig, parse_config
@@ -175,7 +175,7 @@ def rig(monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis, caplog: pytest.L
     aws_env(monkeypatch)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     botocore_waits = botocore_sleeps(monkeypatch)
-    user, _, rules = readme_acl_rules()
+    user, _, rules = documented_acl_rules()
     assert user != USER
     redis_db.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{SECRET}", *rules)
     publish(redis_url_for(DB), BURST, "qa")

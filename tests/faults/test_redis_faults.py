@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 from moto_aws import CLUSTER, aws_env, create_services, create_state_table, desired_count
-from redis_acl import readme_acl_rules
+from redis_acl import documented_acl_rules
 
 from celery_autoscaler.cli import main
 from celery_autoscaler.config import ScalerConfig, parse_config
@@ -52,8 +52,8 @@ pytestmark = pytest.mark.redis_db(DB)
 
 
 def set_user(client: redis.Redis, *, keys: tuple[str, ...] = ("*",), drop: tuple[str, ...] = ()) -> None:
-    """The scaler's ACL user: the README's rules with this suite's password, other key patterns, or commands dropped."""
-    _, _, rules = readme_acl_rules()
+    """The scaler's ACL user: the docs' rules with this suite's password, other key patterns, or commands dropped."""
+    _, _, rules = documented_acl_rules()
     rules = [r for r in rules if not r.startswith("~") and r not in drop]
     client.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{SECRET}", *(f"~{k}" for k in keys), *rules)
 
