@@ -128,11 +128,10 @@ class RedisDrainer:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            import redis
+            from celery_autoscaler.probe.redis import connect
 
             assert self._url is not None
-            timeout = self._settings.socket_timeout_s
-            self._client = redis.Redis.from_url(self._url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self._client = connect(self._url, self._settings)
         return self._client
 
     def status(self, pools: Sequence[str]) -> dict[str, DrainStatus]:

@@ -145,6 +145,12 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
+def connect(url: str, settings: BrokerConfig) -> redis.Redis:
+    """A client for ``url`` with the broker's socket timeouts: the probe's and the drainer's, made one way."""
+    timeout = settings.socket_timeout_s
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 class RedisProbe:
     """Reads waiting, in-flight and age of Celery queues from Redis; see the module docstring.
 
@@ -193,8 +199,7 @@ class RedisProbe:
         """The Redis client, connected on first use with the configured socket timeouts."""
         if self._client is None:
             assert self._url is not None
-            timeout = self._settings.socket_timeout_s
-            self._client = redis.Redis.from_url(self._url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            self._client = connect(self._url, self._settings)
         return self._client
 
     def close(self) -> None:
