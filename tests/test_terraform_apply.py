@@ -61,11 +61,16 @@ def terraform(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+def module_files() -> list[Path]:
+    """What the module is made of: the root's and modules/*/ .tf files and the files they read (queries)."""
+    return [*ROOT.glob("*.tf"), *ROOT.glob("modules/*/*.tf"), *ROOT.glob("modules/*/queries/*")]
+
+
 def prepare(example: Path, tmp_path: Path, endpoint: str) -> Path:
-    """Copy the module (root and modules/*/ .tf files, the Lambda zip) and the example (``source = "../../"``)."""
+    """Copy the module (``module_files``, the Lambda zip) and the example (``source = "../../"``)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for tf in [*ROOT.glob("*.tf"), *ROOT.glob("modules/*/*.tf")]:
+    for tf in module_files():
         (repo / tf.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
         shutil.copy2(tf, repo / tf.relative_to(ROOT))
     (repo / "lambda" / "dist").mkdir(parents=True)
@@ -280,7 +285,7 @@ def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_pa
         # The same working directory and state, with this checkout's module files.
         for tf in [*old.glob("*.tf")]:
             tf.unlink()
-        for tf in [*ROOT.glob("*.tf"), *ROOT.glob("modules/*/*.tf")]:
+        for tf in module_files():
             (old / tf.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
             shutil.copy2(tf, old / tf.relative_to(ROOT))
         shutil.copy2(LAMBDA_ZIP, old / "lambda" / "dist")
