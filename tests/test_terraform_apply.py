@@ -265,6 +265,13 @@ def test_example_applies_replans_clean_and_destroys_clean(name: str, tmp_path: P
 ROOT_SCALER_LAYOUT = "0dd8df77d4653a55a20e6e61bcff86ac1ddb3648"
 
 
+NEW_IN_THIS_RELEASE = {
+    f"module.celery.module.scaler.aws_cloudwatch_metric_alarm.{alarm}"
+    for alarm in ('broker_unreadable["default"]', 'pinned_at_max["default"]', "scaler_silent[0]")
+}
+"""The on-call alarms 0.2.0 adds to examples/minimal: the only resources an upgrade may create."""
+
+
 def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_path: Path) -> None:
     """examples/minimal applied with the old layout, then planned with this checkout: every scaler
     resource is moved into module.scaler (the ``moved`` blocks), none is destroyed or created."""
@@ -294,10 +301,12 @@ def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_pa
         plan = json.loads(terraform(workdir, "show", "-json", "upgrade.tfplan").stdout)
         changes = plan.get("resource_changes", [])
         moved = {c["previous_address"]: c["address"] for c in changes if c.get("previous_address")}
-        replaced = [c["address"] for c in changes if {"create", "delete"} & set(c["change"]["actions"])]
+        destroyed = [c["address"] for c in changes if "delete" in c["change"]["actions"]]
+        created = {c["address"] for c in changes if c["change"]["actions"] == ["create"]}
         updated = [c["address"] for c in changes if "update" in c["change"]["actions"]]
-        print(f"upgrade: {len(moved)} moved into module.scaler; created/destroyed: {replaced}; updated: {updated}")
-        assert not replaced, f"the upgrade would create or destroy: {replaced}"
+        print(f"upgrade: {len(moved)} moved into module.scaler; created: {created}; updated: {updated}")
+        assert not destroyed, f"the upgrade would destroy or replace: {destroyed}"
+        assert created == NEW_IN_THIS_RELEASE, created ^ NEW_IN_THIS_RELEASE
         assert (
             moved["module.celery.aws_lambda_function.scaler[0]"]
             == "module.celery.module.scaler.aws_lambda_function.this[0]"
@@ -305,5 +314,8 @@ def test_upgrade_to_the_scaler_submodule_moves_state_and_replaces_nothing(tmp_pa
         # Every address the old layout had and the new one lacks was moved, not dropped.
         gone = {a for a in before if not re.search(r"(^|\.)data\.", a)} - {c["address"] for c in changes}
         assert gone == set(moved), gone ^ set(moved)
-        assert len(moved) == 19, moved  # examples/minimal: one pool, tracing PassThrough
+        into_scaler = [a for a in moved.values() if a.startswith("module.celery.module.scaler.")]
+        assert len(into_scaler) == 19, moved  # examples/minimal: one pool, tracing PassThrough
+        # and the execution role's policy, now created only when a container reads a secret
+        assert moved["module.celery.aws_iam_role_policy.task_execution"].endswith("task_execution[0]")
         terraform(workdir, "destroy", "-auto-approve", "-input=false")
