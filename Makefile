@@ -70,6 +70,11 @@ demo: venv ## The scaler against local Redis (BROKER=rabbitmq: RabbitMQ) and mot
 	@scripts/install-brokers.sh redis-server $(if $(filter rabbitmq,$(BROKER)),rabbitmq-server,)
 	PYTHONPATH=examples/local $(PY) -m demo.main --broker $(BROKER) $(if $(QUICK),--quick,)
 
+.PHONY: calibrate
+calibrate: venv ## The simulator against a real demo run of one trace (about 10 min) -> calibrate-out/; exit 1 if off by > 20 %
+	@scripts/install-brokers.sh redis-server
+	PYTHONPATH=examples/local $(PY) scripts/calibrate.py --out calibrate-out
+
 .PHONY: bench
 bench: venv services ## Simulated benchmark of every policy on every built-in trace -> bench-out/ (+ probe timings)
 	$(PY) scripts/bench.py --out bench-out

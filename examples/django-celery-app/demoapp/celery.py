@@ -16,4 +16,4 @@ app = Celery("demoapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Our jobs last about a second, so a worker idle for 3 s has nothing left worth protecting.
-install(app, release_after_idle_s=3.0)
+worker_settings = install(app, release_after_idle_s=3.0)

@@ -2,6 +2,8 @@
 
 A record is ``HSETNX demo:done <id> {...}`` plus ``HINCRBY demo:runs <id> 1``: the first says when
 and where the task started, the second counts runs, so a task that ran twice shows up as runs=2.
+Each worker also records when it was ready to consume (``demo:ready``, by hostname): ``make
+calibrate`` measures the workers' boot time from it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
 DONE_KEY = "demo:done"
 RUNS_KEY = "demo:runs"
+READY_KEY = "demo:ready"
 
 
 @cache
@@ -51,3 +55,9 @@ def send_email(self: Task, duration: float = 0.1, enqueued_at: float | None = No
 def build_report(self: Task, duration: float = 1.0, enqueued_at: float | None = None) -> None:
     """A longer job routed to the reports queue, served by its own pool."""
     _run(self, duration, enqueued_at)
+
+
+@worker_ready.connect
+def _record_ready(sender: Any = None, **_: Any) -> None:
+    """The moment this worker starts consuming, under its hostname (the demo names each worker by its ECS task)."""
+    _results().hset(READY_KEY, sender.hostname, json.dumps(time.time()))

@@ -37,9 +37,9 @@ from celery_autoscaler.telemetry import Telemetry
 from celery_autoscaler.tick import run_tick
 from demo.events import EventLog, read_events
 from demo.html_report import write_report
-from demo.loadgen import SENT_KEY, LoadGenerator
+from demo.loadgen import SENT_KEY, LoadGenerator, Schedule
 from demo.profiles import DEFAULT, QUICK, Profile
-from demo.report import DONE_KEY, RUNS_KEY, build_summary, plot_timeline, task_records
+from demo.report import DONE_KEY, READY_KEY, RUNS_KEY, build_summary, plot_timeline, task_records
 from demo.runner import APP_DIR, TaskRunner, load_container
 from demo.view import LiveView
 
@@ -100,7 +100,7 @@ class DemoRedis:
 
     def refuse_clashes(self, queues: Sequence[str]) -> None:
         """Stop before the load starts if the db already holds the demo's records or its queues."""
-        ours = {name.encode() for name in (SENT_KEY, DONE_KEY, RUNS_KEY, *queues)}
+        ours = {name.encode() for name in (SENT_KEY, DONE_KEY, RUNS_KEY, READY_KEY, *queues)}
         clash = sorted(key.decode() for key in self.existing & ours)
         if clash:
             raise SystemExit(f"the Redis db already holds {clash}: point --redis-url at a db without them")
@@ -235,8 +235,10 @@ def applied(terraform: Terraform) -> Iterator[Terraform]:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog, db: DemoRedis) -> dict[str, Any]:
-    """Start the runner and the load, tick the scaler until the load is over and every pool is at 0."""
+def run(
+    profile: Profile, schedule: Schedule, config: ScalerConfig, out: Path, events: EventLog, db: DemoRedis
+) -> dict[str, Any]:
+    """Start the runner and play the schedule, tick the scaler until the load is over and every pool is at 0."""
     ecs = boto3.client("ecs")
     secrets = boto3.client("secretsmanager")
     url = broker_url(config.broker, secrets)  # as the Lambda gets it: from the module's secret
@@ -257,11 +259,19 @@ def run(profile: Profile, config: ScalerConfig, out: Path, events: EventLog, db:
     os.environ["CELERY_BROKER_URL"] = url
     os.environ["DEMO_RESULTS_URL"] = db.url  # the workers (started with this environment) record there too
     sys.path.insert(0, str(APP_DIR))
-    import demoapp  # noqa: F401 - configures Celery and installs the worker helper
+    from demoapp.celery import worker_settings  # configures Celery and installs the worker helper
 
-    load = LoadGenerator(profile, results, events)
-    view = LiveView(list(pools), profile.expected_s)
-    events.emit("run_started", profile=profile.name, pools=pools, tick_interval_s=config.tick_interval_s)
+    load = LoadGenerator(schedule, results, events)
+    view = LiveView(list(pools), profile.expected_s(schedule.length_s))
+    events.emit(
+        "run_started",
+        profile=profile.name,
+        pools=pools,
+        tick_interval_s=config.tick_interval_s,
+        start_delay_s=profile.start_delay_s,
+        workers={name: container.settings() for name, container in containers.items()},
+        helper={key: getattr(worker_settings, key) for key in ("release_after_idle_s", "poll_interval_s")},
+    )
     runner.start()
     load.start()
     next_tick = time.monotonic()
@@ -337,20 +347,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.redis_url is not None and urlparse(args.redis_url).path.strip("/") in {"", "0"}:
         parser.error("--redis-url must name a db other than 0, where apps keep their queues")
     profile = QUICK if args.quick else DEFAULT
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "timeline.png", "report.html", "events.jsonl"):
-        (out / stale).unlink(missing_ok=True)
     started = time.monotonic()
-    log(f"profile {profile.name}, broker {args.broker}; output in {out}")
+    out: Path = args.out.resolve()
+    summary = play(profile, profile.schedule(), out, args.broker, args.redis_url, args.aws_endpoint)
+    log(
+        f"done in {time.monotonic() - started:.0f} s: "
+        f"{out / 'summary.json'}, {out / 'timeline.png'}, {out / 'report.html'}"
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def play(
+    profile: Profile,
+    schedule: Schedule,
+    out: Path,
+    broker_kind: str = "redis",
+    redis_url: str | None = None,
+    aws_endpoint: str | None = None,
+) -> dict[str, Any]:
+    """One whole run of ``schedule`` with ``profile``'s timings: set up, run, report into ``out``, tear down.
+
+    Leaves ``summary.json`` (returned), ``tasks.json``, ``events.jsonl``, ``scaler_config.json`` (the
+    module's config document the scaler ran with), ``timeline.png`` and ``report.html``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "timeline.png", "report.html", "events.jsonl", "scaler_config.json"):
+        (out / stale).unlink(missing_ok=True)
+    log(f"profile {profile.name}, broker {broker_kind}; output in {out}")
 
     with contextlib.ExitStack() as stack:
-        db = stack.enter_context(demo_redis(args.redis_url))
+        db = stack.enter_context(demo_redis(redis_url))
         broker: dict[str, str] = {"broker_type": "redis", "broker_url": db.url}
-        if args.broker == "rabbitmq":
+        if broker_kind == "rabbitmq":
             rabbit = stack.enter_context(demo_rabbitmq())
             broker = {"broker_type": "rabbitmq", "broker_url": rabbit.amqp_url, "management_url": rabbit.management_url}
-        endpoint = stack.enter_context(ensure_emulator(args.aws_endpoint, out))
+        endpoint = stack.enter_context(ensure_emulator(aws_endpoint, out))
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_ACCESS_KEY_ID="test",
@@ -369,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         stack.enter_context(applied(terraform))
-        config = parse_config(terraform.output("scaler_config"))
+        document = terraform.output("scaler_config")
+        (out / "scaler_config.json").write_text(json.dumps(document, indent=2) + "\n")
+        config = parse_config(document)
         events = EventLog(out / "events.jsonl")
         stack.callback(events.close)
-        ran = run(profile, config, out, events, db)
+        ran = run(profile, schedule, config, out, events, db)
         events.close()
         all_events = read_events(out / "events.jsonl")
         records = task_records(ran["results"])
@@ -382,12 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         max_workers = {pool.name: pool.max_workers for pool in config.pools}
         plot_timeline(all_events, ran["pools"], out / "timeline.png", max_workers, summary)
         write_report(all_events, summary, ran["pools"], max_workers, out / "report.html")
-    log(
-        f"done in {time.monotonic() - started:.0f} s: "
-        f"{out / 'summary.json'}, {out / 'timeline.png'}, {out / 'report.html'}"
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from demo.loadgen import SENT_KEY
 
 DONE_KEY = "demo:done"
 RUNS_KEY = "demo:runs"
+READY_KEY = "demo:ready"
 
 
 def _text(value: bytes | str) -> str:
@@ -54,11 +55,13 @@ def scaler_changes(events: list[dict[str, Any]]) -> dict[str, list[tuple[float, 
 
 
 def task_records(results: redis.Redis) -> dict[str, dict[str, Any]]:
-    """The records of the run, by task id: ``sent`` (the load generator's), ``done`` and ``runs`` (the tasks')."""
+    """The records of the run, by task id: ``sent`` (the load generator's), ``done`` and ``runs`` (the tasks'),
+    and ``ready``: when each worker (by hostname) began to consume."""
     return {
         "sent": {_text(k): json.loads(v) for k, v in results.hgetall(SENT_KEY).items()},
         "done": {_text(k): json.loads(v) for k, v in results.hgetall(DONE_KEY).items()},
         "runs": {_text(k): int(v) for k, v in results.hgetall(RUNS_KEY).items()},
+        "ready": {_text(k): json.loads(v) for k, v in results.hgetall(READY_KEY).items()},
     }
 
 

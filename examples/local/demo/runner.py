@@ -36,6 +36,17 @@ class Container:
     environment: dict[str, str]
     stop_timeout_s: float
 
+    def settings(self) -> dict[str, Any]:
+        """What the simulator needs to know of the container (never its secrets): the Celery settings the
+        module sets and the stop timeout."""
+        env = self.environment
+        return {
+            "concurrency": int(env["CELERY_CONCURRENCY"]),
+            "prefetch_multiplier": int(env["CELERY_WORKER_PREFETCH_MULTIPLIER"]),
+            "acks_late": env["CELERY_TASK_ACKS_LATE"].lower() == "true",
+            "stop_timeout_s": self.stop_timeout_s,
+        }
+
 
 def load_container(ecs: Any, secrets: Any, cluster: str, service: str) -> Container:
     """Read the service's task definition like the ECS agent does, resolving secrets to values."""

@@ -155,6 +155,8 @@ class RunResult:
     horizon_s: float
     workers_launched: int
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
+    peak_workers: int = 0
+    """The most workers up (ready or draining) at once."""
 
 
 def tick_times(policy: SimPolicy, settings: SimSettings, horizon_s: float, rng: random.Random) -> list[float]:
@@ -223,6 +225,7 @@ def run_pool(
     n_running = 0
     n_reserved = 0
     n_up = 0  # ECS runningCount: ready or draining
+    peak_up = 0
     pending = 0  # arrived, not started
     max_backlog = 0
     area = 0.0
@@ -477,6 +480,7 @@ def run_pool(
                 if w_state[w] == _PENDING:
                     w_state[w] = _READY
                     n_up += 1
+                    peak_up = max(peak_up, n_up)
                     refill(w, t)
                     if drain_open is not None:
                         poll_soon(w, t)
@@ -550,4 +554,5 @@ def run_pool(
         horizon_s=horizon_s,
         workers_launched=len(w_state),
         timeline=samples,
+        peak_workers=max(peak_up, policy.initial_count),
     )
