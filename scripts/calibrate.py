@@ -13,7 +13,10 @@ settings, each taken from what the run used or measured, never fitted to its res
   really ran (its own record), both relative to the load's start;
 - the pools' scaling config: the document terraform produced for the run; concurrency, prefetch,
   ``acks_late`` and stop timeout from the pools' task definitions;
-- ticks: the config's tick interval from the load's start, no jitter (the demo ticks on a fixed period);
+- ticks: every tick interval from the load's start, each late by up to the 95th percentile of the
+  lateness the run's ticks showed (the demo ticks on an endless fixed period, not in invocations of
+  four: with ticks exactly 15 s apart a 45 s window would drop its oldest sample at every boundary
+  tick, and every scale-in would come a tick earlier than on a real clock);
 - worker start: the measured time from the tick that raised a pool's count to the worker's process
   start (the runner's poll, its start delay; not billed, as the demo counts process lifetimes), then
   the measured boot to consuming (billed); scale-in: SIGTERM after the measured lag from a tick to
@@ -204,7 +207,7 @@ def _range(values: list[float]) -> tuple[float, float]:
     return (_percentile(values, 5), _percentile(values, 95))
 
 
-def sim_settings(measured: Measured, pool: PoolConfig, tick_interval_s: float, ticks: int) -> SimSettings:
+def sim_settings(measured: Measured, pool: PoolConfig, tick_interval_s: float) -> SimSettings:
     """The simulator's world for ``pool``, every value from what the run used or measured (see the module doc)."""
     launch = measured.launch_s[pool.name] or [x for v in measured.launch_s.values() for x in v]
     boot = measured.boot_s[pool.name] or [x for v in measured.boot_s.values() for x in v]
@@ -214,9 +217,9 @@ def sim_settings(measured: Measured, pool: PoolConfig, tick_interval_s: float, t
     workers = measured.workers[pool.name]
     return SimSettings(
         tick_interval_s=tick_interval_s,
-        ticks_per_invocation=ticks,
-        invocation_period_s=tick_interval_s * ticks,
-        invocation_jitter_s=0.0,
+        ticks_per_invocation=1,
+        invocation_period_s=tick_interval_s,
+        invocation_jitter_s=max(0.0, _percentile(measured.tick_lag_s, 95)),
         start_delay=StartDelay(
             control_s=(0.0, 0.0),
             provisioning_s=_range(launch),
@@ -372,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     document = json.loads((run_dir / "scaler_config.json").read_text())
     config = parse_config(document)
     measured = measure(run_dir, config.pools)
-    settings = {
-        pool.name: sim_settings(measured, pool, config.tick_interval_s, config.ticks_per_invocation)
-        for pool in config.pools
-    }
+    settings = {pool.name: sim_settings(measured, pool, config.tick_interval_s) for pool in config.pools}
     sims = [simulate_run(measured, config.pools, settings, seed) for seed in range(1, args.sim_seeds + 1)]
     rows = compare(measured, sims, config.pools)
     lines = table(rows, args.sim_seeds)

@@ -119,8 +119,10 @@ def test_the_simulator_gets_the_delays_the_run_showed(tmp_path: Path) -> None:
     assert measured.exit_s == pytest.approx([2.0, 3.0])
     assert measured.tick_lag_s == pytest.approx([0.2, 0.3, 0.1])
 
-    settings = sim_settings(measured, pool, 15.0, 4)
-    assert (settings.invocation_period_s, settings.invocation_jitter_s) == (60.0, 0.0)
+    settings = sim_settings(measured, pool, 15.0)
+    # One tick per "invocation", every 15 s, each late by up to the lateness the run's ticks showed.
+    assert (settings.invocation_period_s, settings.ticks_per_invocation) == (15.0, 1)
+    assert settings.invocation_jitter_s == pytest.approx(0.3)
     assert settings.start_delay.provisioning_s == pytest.approx((52.4 - 31.3, 37.5 - 16.2))
     assert settings.start_delay.pull_median_s == pytest.approx(5.0)
     assert settings.stop_signal_s == pytest.approx((0.0, 0.3))
