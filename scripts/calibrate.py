@@ -20,7 +20,7 @@ settings, each taken from what the run used or measured, never fitted to its res
 - worker start: the measured time from the tick that raised a pool's count to the worker's process
   start (the runner's poll, its start delay; not billed, as the demo counts process lifetimes), then
   the measured boot to consuming (billed); scale-in: SIGTERM after the measured lag from a tick to
-  the runner acting on it;
+  the runner acting on it, and the process's measured exit after SIGTERM (billed);
 - protection and drain: the demo app's ``release_after_idle_s`` and the helper's poll interval, fence
   and drain only if the run's ticks drained (a tick's ``drain`` in the event log); no
   minimum billing (the demo sums process seconds, not Fargate's one-minute minimum);
@@ -230,6 +230,7 @@ def sim_settings(measured: Measured, pool: PoolConfig, tick_interval_s: float) -
         prefetch_multiplier=int(workers["prefetch_multiplier"]),
         acks_late=bool(workers["acks_late"]),
         stop_timeout_s=float(workers["stop_timeout_s"]),
+        exit_s=statistics.median(measured.exit_s) if measured.exit_s else 0.0,
         stop_signal_s=_range(measured.observe_s),
         protection_release_s=float(measured.helper["release_after_idle_s"]),
         drain=measured.drains,

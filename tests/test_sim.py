@@ -219,3 +219,27 @@ def test_wait_target_gives_our_policy_a_cheaper_fleet_within_the_target(capsys: 
     assert relaxed["wait_p95_s"] <= 20
     assert main(["--trace", "steady", "--wait-target-s", "0"]) == 2
     assert "--wait-target-s must be > 0" in capsys.readouterr().err
+
+
+def test_a_workers_exit_after_sigterm_is_billed_and_changes_nothing_else() -> None:
+    """``exit_s`` (Celery's warm shutdown, which ``make calibrate`` measures) adds that much billing per
+    worker stopped after it was up, and moves no task and no decision."""
+    rng = random.Random(3)
+    enqueue = poisson(2.0, 300.0, rng)
+    service = [rng.uniform(0.5, 3.0) for _ in enqueue]
+    pool = PoolConfig(name="p", service="s", queues=("celery",), concurrency=2, max_workers=20)
+    runs = {
+        exit_s: run_pool(
+            enqueue, service, ScalerPolicy(pool), pool, SimSettings(min_billed_s=0.0, exit_s=exit_s), 5, 1200.0
+        )
+        for exit_s in (0.0, 4.0)
+    }
+    plain, tail = runs[0.0], runs[4.0]
+    assert (tail.waits, tail.scaling_actions, tail.workers_launched) == (
+        plain.waits,
+        plain.scaling_actions,
+        plain.workers_launched,
+    )
+    stopped = (tail.worker_seconds - plain.worker_seconds) / 4.0
+    assert stopped == pytest.approx(round(stopped))
+    assert 1 <= round(stopped) <= plain.workers_launched

@@ -18,8 +18,9 @@ What is modelled, and why it matters to the numbers:
   helper sets it while busy and for ``protection_release_s`` after) only unprotected idle workers;
   a stop that protection blocks is retried when a worker's protection lapses. A stopped worker gets
   SIGTERM ``stop_signal_s`` later (it may take a message in between): warm shutdown returns its
-  reserved messages to the head of the queue at once and lets running tasks finish; any still
-  running after ``stop_timeout_s`` are killed and counted.
+  reserved messages to the head of the queue at once and lets running tasks finish, then the process
+  exits ``exit_s`` later (billed; 0 unless set); any still running after ``stop_timeout_s`` are
+  killed and counted.
 - Fence and drain (``drain``, on for this product's policy): a lowering by k is first a drain
   request for k slots; a ready worker that has held nothing for ``protection_release_s`` (one ECS
   may stop today) claims a free slot at its next poll (within ``drain_poll_s``), stops consuming
@@ -102,6 +103,9 @@ class SimSettings:
     (RabbitMQ quorum queues, or RabbitMQ without the stamp). Counts are seen at once on every broker."""
     worker_counters: bool = True
     stop_timeout_s: float = 120.0
+    exit_s: float = 0.0
+    """Seconds a stopping worker's process takes to exit once it holds nothing (Celery's warm shutdown),
+    billed but not consuming; ``make calibrate`` measures it (3-5 s for the demo's workers)."""
     stop_signal_s: tuple[float, float] = (0.5, 2.0)
     scale_in_protection: bool = True
     protection_release_s: float = 10.0
@@ -308,12 +312,12 @@ def run_pool(
             listeners.pop()
             w_listen[w] = False
 
-    def finish(w: int, t: float) -> None:
+    def finish(w: int, t: float, exit_s: float = 0.0) -> None:
         nonlocal n_up
         if w_state[w] in (_READY, _DRAINING):
             n_up -= 1
         w_state[w] = _STOPPED
-        w_stop[w] = t
+        w_stop[w] = t + exit_s
 
     def stop(w: int, t: float) -> None:
         """ECS stops a task: a pending one at once; a running one gets SIGTERM a moment later and
@@ -333,7 +337,7 @@ def run_pool(
         queue.extendleft(reversed(res))
         res.clear()
         if w_run[w] == 0:
-            finish(w, t)
+            finish(w, t, settings.exit_s)
         else:
             push(heap, (t + stop_timeout, _KILL, w))
         feed(t)
@@ -475,7 +479,7 @@ def run_pool(
                             w_release[w] = True
                             push(heap, (t + release_s, _RELEASE, w))
                 elif w_run[w] == 0:
-                    finish(w, t)
+                    finish(w, t, settings.exit_s)
             elif kind == _READY_EVENT:
                 if w_state[w] == _PENDING:
                     w_state[w] = _READY
