@@ -22,12 +22,17 @@ import uuid
 from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import redis
 from amqp.exceptions import AMQPError
 from kombu import Connection
 from kombu.exceptions import OperationalError
 from waiting import wait_until
+
+from celery_autoscaler.config import BrokerConfig
+from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -180,6 +185,41 @@ class RabbitBroker:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - our own loopback node
             text = answer.read()
         return json.loads(text) if text else None
+
+
+@dataclass(frozen=True)
+class Vhost:
+    """A vhost of one test on the session's node, with the node's administrator allowed everything."""
+
+    broker: RabbitBroker
+    name: str
+
+    @property
+    def amqp_url(self) -> str:
+        base = self.broker.amqp_url.rsplit("/", 2)[0]  # amqp://user:pass@host:port
+        return f"{base}/{quote(self.name, safe='')}"
+
+    @property
+    def path(self) -> str:
+        return quote(self.name, safe="")
+
+    def probe(self, **settings: Any) -> RabbitMQProbe:
+        broker = BrokerConfig(management_url=self.broker.management_url, **settings)
+        return RabbitMQProbe.from_config(broker, self.amqp_url)
+
+    def listed(self) -> dict[str, dict[str, Any]]:
+        """What the management API lists (live counts), for checks the probe must agree with."""
+        rows = self.broker.management_get(f"/api/queues/{self.path}?disable_stats=true&enable_queue_totals=true")
+        assert isinstance(rows, list)
+        return {row["name"]: row for row in rows}
+
+
+def create_vhost(broker: RabbitBroker, name: str) -> Vhost:
+    """A new vhost on ``broker`` in which its administrator may do everything."""
+    broker.management_request("PUT", f"/api/vhosts/{quote(name, safe='')}", {})
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    broker.management_request("PUT", f"/api/permissions/{quote(name, safe='')}/{broker.user}", everything)
+    return Vhost(broker, name)
 
 
 class RabbitNode:

@@ -82,6 +82,7 @@ from waiting import wait_until
 
 from celery_autoscaler.cli import build_parser
 from celery_autoscaler.config import BrokerConfig, load_config
+from celery_autoscaler.drain import DrainPlan, drainer_for
 from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.probe.redis import RedisProbe
 
@@ -444,7 +445,7 @@ def run_redis_acl(block: Block) -> None:
 
 
 def run_rabbitmqctl(block: Block, rabbitmq: RabbitBroker) -> None:
-    """The documented rabbitmqctl lines as written, then the probe as that user measures what the admin does."""
+    """The documented rabbitmqctl lines as written; that user measures what the admin does, drains, and no more."""
     lines = [shlex.split(line) for line in block.text.splitlines() if line.strip() and not line.startswith("#")]
     assert all(words[0] == "rabbitmqctl" for words in lines), f"{block.where}: only rabbitmqctl lines"
     user, password = next((w[2], w[3]) for w in lines if w[1] == "add_user")
@@ -468,6 +469,14 @@ def run_rabbitmqctl(block: Block, rabbitmq: RabbitBroker) -> None:
         except Exception as exc:
             pytest.fail(f"{block.where}: the probe connected as {user} failed: {exc}")
         assert (measured.queues, measured.unacked_total) == (expected.queues, expected.unacked_total)
+        drainer = drainer_for(settings, user_url)  # fence and drain works as that user, on its own queues only
+        assert drainer is not None
+        drainer.status(["default"])
+        drainer.apply("default", DrainPlan(desired=2, open=1), 1_800_000_000.0)
+        drain = drainer.status(["default"])["default"]
+        assert (drain.active, drain.open, drain.since) == (True, 1, 1_800_000_000.0)
+        drainer.apply("default", DrainPlan(desired=2, open=None), 1_800_000_000.0)
+        assert not drainer.status(["default"])["default"].active
         with Connection(user_url) as connection, pytest.raises(AccessRefused):
             connection.channel().basic_get("celery")
         confirmed = {"confirm_publish": True}  # the broker's refusal is then the publish's answer

@@ -16,15 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 from apps.probe_app import DONE, RELEASE, STARTED, make_app
 from apps.workers import WorkerProcess
-from brokers import RabbitBroker, free_ports
+from brokers import RabbitBroker, Vhost, create_vhost, free_ports
 from celery import Celery
 from celery_apps import celery_worker
 from conftest import redis_url_for
@@ -46,33 +45,6 @@ QUEUE_KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Vhost:
-    """A vhost of one test on the session's node, with the node's administrator allowed everything."""
-
-    broker: RabbitBroker
-    name: str
-
-    @property
-    def amqp_url(self) -> str:
-        base = self.broker.amqp_url.rsplit("/", 2)[0]  # amqp://user:pass@host:port
-        return f"{base}/{quote(self.name, safe='')}"
-
-    @property
-    def path(self) -> str:
-        return quote(self.name, safe="")
-
-    def probe(self, **settings: Any) -> RabbitMQProbe:
-        broker = BrokerConfig(management_url=self.broker.management_url, **settings)
-        return RabbitMQProbe.from_config(broker, self.amqp_url)
-
-    def listed(self) -> dict[str, dict[str, Any]]:
-        """What the management API lists (live counts), for checks the probe must agree with."""
-        rows = self.broker.management_get(f"/api/queues/{self.path}?disable_stats=true&enable_queue_totals=true")
-        assert isinstance(rows, list)
-        return {row["name"]: row for row in rows}
-
-
 def send(vhost: Vhost, queue: str, count: int) -> None:
     """``count`` messages from a real Celery producer, and wait until the broker has them all."""
     app = make_app(vhost.amqp_url, signal_url=SIGNALS_URL)
@@ -80,13 +52,6 @@ def send(vhost: Vhost, queue: str, count: int) -> None:
         app.send_task("x", queue=queue)
     app.close()
     wait_until(lambda: vhost.listed().get(queue, {}).get("messages_ready") == count, what=f"{count} in {queue}")
-
-
-def create_vhost(broker: RabbitBroker, name: str) -> Vhost:
-    broker.management_request("PUT", f"/api/vhosts/{quote(name, safe='')}", {})
-    everything = {"configure": ".*", "write": ".*", "read": ".*"}
-    broker.management_request("PUT", f"/api/permissions/{quote(name, safe='')}/{broker.user}", everything)
-    return Vhost(broker, name)
 
 
 @pytest.fixture

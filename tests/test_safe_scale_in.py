@@ -7,7 +7,8 @@ every task ran to completion, none lost, and only a rare task cut by a SIGTERM t
 shows what each shutdown setting does to a task longer than stopTimeout that is SIGKILLed: the
 numbers docs/safe-scale-in.md quotes. The third scales a pool in and out again and again
 through the real scaler tick and fence and drain, with the demo's task runner playing ECS, on tasks
-longer than the stop timeout: nothing may be killed (docs/safe-scale-in.md).
+longer than the stop timeout: nothing may be killed (docs/safe-scale-in.md). The last runs it on a
+private RabbitMQ node (the tasks still record their runs in Redis).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import pytest
 import redis
 from apps.worker_keys import AT_SIGTERM, DONE, QUEUE, READY, STARTED
 from apps.workers import ROOT, TESTS_DIR, WorkerProcess
+from brokers import RabbitBroker, create_vhost
 from celery import Celery
 from conftest import redis_url_for
 from demo.events import EventLog, read_events
@@ -36,9 +39,9 @@ from waiting import wait_until
 
 from celery_autoscaler import worker as helper
 from celery_autoscaler.config import ScalerConfig, parse_config
-from celery_autoscaler.drain import RedisDrainer
+from celery_autoscaler.drain import drainer_for
 from celery_autoscaler.ecs import ServiceStatus
-from celery_autoscaler.probe.redis import RedisProbe
+from celery_autoscaler.probe import probe_for
 from celery_autoscaler.state import InMemoryStateStore
 from celery_autoscaler.tick import PoolOutcome, run_tick
 
@@ -52,14 +55,22 @@ STOP_TIMEOUT_S = 10.0  # the simulated ECS stopTimeout of the SIGKILL variants (
 WARM = {"SAFE_BROKER_URL": BROKER, "CELERY_WORKER_PREFETCH_MULTIPLIER": "1"}
 
 
-@pytest.fixture
-def producer() -> Iterator[Celery]:
+@contextmanager
+def producer_on(broker_url: str) -> Iterator[Celery]:
     """A plain producer process's app (like a web process): the helper installed, no worker."""
-    app = Celery("load", broker=BROKER, set_as_current=False)
+    app = Celery("load", broker=broker_url, set_as_current=False)
     app.conf.task_default_queue = QUEUE
     helper.install(app)
-    yield app
-    helper.uninstall(app)
+    try:
+        yield app
+    finally:
+        helper.uninstall(app)
+
+
+@pytest.fixture
+def producer() -> Iterator[Celery]:
+    with producer_on(BROKER) as app:
+        yield app
 
 
 class Load(threading.Thread):
@@ -244,6 +255,8 @@ def test_sigkill_after_stop_timeout_of_a_task_longer_than_it(
 
 POOL, SERVICE = "default", "worker-default"
 DRAIN_CYCLES = {"warm": 6, "soft": 3}
+RABBITMQ_DRAIN_CYCLES = 4
+REDIS_SCALER_BROKER = {"url": BROKER, "unacked_scan_interval_s": 0}
 DRAIN_HIGH, DRAIN_LOW = 5, 2  # workers per phase: each cycle is 3 scale-ins
 DRAIN_TASKS_PER_PHASE = 4  # sent before each scale-in, so that it happens while other workers run tasks
 DRAIN_STOP_TIMEOUT_S = 5.0  # shorter than every task, so any task a stopped worker holds is killed
@@ -274,34 +287,38 @@ class RunnerEcs:
         self.desired = count
 
 
-def pool_config(count: int) -> ScalerConfig:
+def pool_config(count: int, broker: Mapping[str, Any]) -> ScalerConfig:
     """The scaler's config, the pool pinned to ``count`` workers (min = max): the real policy says ``count``."""
     pool = {"service": SERVICE, "queues": [QUEUE], "concurrency": 2, "min_workers": count, "max_workers": max(1, count)}
-    return parse_config(
-        {"broker": {"url": BROKER, "unacked_scan_interval_s": 0}, "cluster": "c", "pools": {POOL: pool}}
-    )
+    return parse_config({"broker": dict(broker), "cluster": "c", "pools": {POOL: pool}})
 
 
 class Scaler(threading.Thread):
-    """The scaler's real tick (probe, policy, fence and drain) every ``interval_s`` against the runner."""
+    """The scaler's real tick (probe, policy, fence and drain) every ``interval_s`` against the runner.
 
-    def __init__(self, ecs: RunnerEcs, interval_s: float = 2.0) -> None:
+    ``broker`` is the config's broker section; the probe and drainer come from the handler's factories.
+    """
+
+    def __init__(self, ecs: RunnerEcs, broker: Mapping[str, Any], interval_s: float = 2.0) -> None:
         super().__init__(name="scaler", daemon=True)
         self.ecs = ecs
+        self.broker = broker
         self.interval_s = interval_s
         self.target = 0
         self.outcomes: list[PoolOutcome] = []
         self.stopping = threading.Event()
-        config = pool_config(0)
-        self.probe = RedisProbe(config.broker, url=BROKER)
-        self.drainer = RedisDrainer(config.broker, url=BROKER)
+        config = pool_config(0, broker)
+        assert config.broker.url is not None
+        self.probe = probe_for(config.broker, config.broker.url)
+        drainer = drainer_for(config.broker, config.broker.url)
+        assert drainer is not None
+        self.drainer = drainer
         self.store = InMemoryStateStore()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval_s):  # the tick's schedule, not a wait on a result
-            result = run_tick(
-                pool_config(self.target), self.probe, self.ecs, self.store, time.time(), drainer=self.drainer
-            )
+            config = pool_config(self.target, self.broker)
+            result = run_tick(config, self.probe, self.ecs, self.store, time.time(), drainer=self.drainer)
             self.outcomes.extend(result.outcomes)
 
 
@@ -314,10 +331,43 @@ def test_fence_and_drain_scales_in_under_load_without_killing_long_tasks(
     Without the handshake, a worker ECS stops takes a task in the moment between its protection
     release and the SIGTERM, and that task is killed at the stop timeout (the simulator's 3-38 a day).
     """
-    cycles = DRAIN_CYCLES[shutdown]
+    run_fence_and_drain(f"Redis, {shutdown} shutdown", DRAIN_CYCLES[shutdown], SHUTDOWN[shutdown],
+                        REDIS_SCALER_BROKER, producer, redis_db, tmp_path)  # fmt: skip
+
+
+def test_fence_and_drain_on_rabbitmq_scales_in_under_load_without_killing_long_tasks(
+    rabbitmq: RabbitBroker, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    """The same on RabbitMQ (warm shutdown, fewer cycles): the drain queues instead of the drain keys."""
+    vhost = create_vhost(rabbitmq, f"safe-{uuid.uuid4().hex[:8]}")
+    broker = {"url": vhost.amqp_url, "management_url": rabbitmq.management_url}
+    try:
+        with producer_on(vhost.amqp_url) as producer:
+            run_fence_and_drain(
+                "RabbitMQ, warm shutdown", RABBITMQ_DRAIN_CYCLES, {}, broker, producer, redis_db, tmp_path
+            )
+    finally:
+        rabbitmq.management_request("DELETE", f"/api/vhosts/{vhost.path}")
+
+
+def run_fence_and_drain(
+    label: str,
+    cycles: int,
+    shutdown_env: Mapping[str, str],
+    broker: Mapping[str, Any],
+    producer: Celery,
+    redis_db: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """Cycle the pool DRAIN_HIGH -> DRAIN_LOW -> DRAIN_HIGH ``cycles`` times under load; check and print the counts.
+
+    The workers' broker is ``broker["url"]``; their tasks record their runs in this file's Redis db.
+    """
     env = {
         **WARM,
-        **SHUTDOWN[shutdown],
+        **shutdown_env,
+        "SAFE_BROKER_URL": str(broker["url"]),
+        "SAFE_SIGNALS_URL": BROKER,
         "CELERY_TASK_ACKS_LATE": "true",
         "CELERY_AUTOSCALER_POOL": POOL,
         "CELERY_AUTOSCALER_STOP_TIMEOUT": str(DRAIN_STOP_TIMEOUT_S),
@@ -339,14 +389,17 @@ def test_fence_and_drain_scales_in_under_load_without_killing_long_tasks(
         start_delay_s=1.0,
     )
     ecs.runner = runner
-    scaler = Scaler(ecs)
+    scaler = Scaler(ecs, broker)
     load = Load(producer, per_second=0.4, seconds=DRAIN_TASK_S)
     started_at = time.monotonic()
     phases: list[str] = []
 
+    observer = drainer_for(pool_config(0, broker).broker, str(broker["url"]))  # the scaler's is its thread's
+    assert observer is not None
+
     def settled(count: int) -> bool:
         view = runner.snapshot()[POOL]
-        helpers = scaler.drainer.status([POOL])[POOL].workers
+        helpers = observer.status([POOL])[POOL].workers
         return ecs.desired == count and view.running == count and view.stopping == 0 and helpers == count
 
     try:
@@ -401,7 +454,7 @@ def test_fence_and_drain_scales_in_under_load_without_killing_long_tasks(
     tasks_killed = sum(int(count) for host, count in at_sigterm if host.split("@")[0] in sigkilled)
     codes = collections.Counter(e["code"] for e in exits)
     print(
-        f"\nfence and drain, {shutdown} shutdown, stop timeout {DRAIN_STOP_TIMEOUT_S:g} s, tasks of "
+        f"\nfence and drain, {label}, stop timeout {DRAIN_STOP_TIMEOUT_S:g} s, tasks of "
         f"{DRAIN_TASK_S[0]:g}-{DRAIN_TASK_S[1]:g} s: {len(scale_ins)} scale-ins in {cycles} cycles "
         f"({DRAIN_HIGH} -> {DRAIN_LOW} -> {DRAIN_HIGH}) in {elapsed:.0f} s; {len(sent)} tasks sent, "
         f"{tasks_killed} tasks killed, {lost} lost, {reruns} re-run; {running_at_sigterm} tasks running at a "

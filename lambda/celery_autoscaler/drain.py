@@ -8,8 +8,9 @@ lowers by those that drained. The drain ends once the decision no longer lowers 
 caught up (or ``MAX_CATCH_UP_S`` after the last lowering).
 
 A :class:`Drainer` reads and writes the pool's drain keys on the broker; the probe only reads.
-One factory picks it per broker scheme: Redis today; on any other broker there is none and
-scale-in is as before (protection only). A pool with no worker running the helper (none fresh in
+One factory picks it per broker scheme: Redis (:class:`RedisDrainer`) and RabbitMQ
+(:mod:`celery_autoscaler.drain_rabbitmq`); on SQS there is none and scale-in is as before
+(protection only). A pool with no worker running the helper (none fresh in
 the workers set) also keeps today's scale-in.
 """
 
@@ -79,7 +80,7 @@ class DrainPlan:
 def plan(wanted: int, current: int, running: int, status: DrainStatus | None, now: float) -> DrainPlan:
     """The count to set and the slots to keep open, for the policy's ``wanted`` (pure)."""
     if status is None or status.workers == 0:
-        return DrainPlan(desired=wanted, open=None)  # no helper, or not Redis: today's scale-in
+        return DrainPlan(desired=wanted, open=None)  # no helper, or no drainer: today's scale-in
     if wanted >= current:
         caught_up = running <= current or (status.lowered_at is not None and now - status.lowered_at >= MAX_CATCH_UP_S)
         keep_open = status.active and not caught_up
@@ -191,7 +192,18 @@ def _redis_drainer(broker: BrokerConfig, url: str) -> Drainer:
     return RedisDrainer(broker, url=url)
 
 
-DRAINERS: dict[str, Callable[[BrokerConfig, str], Drainer]] = {"redis": _redis_drainer, "rediss": _redis_drainer}
+def _rabbitmq_drainer(broker: BrokerConfig, url: str) -> Drainer:
+    from celery_autoscaler.drain_rabbitmq import RabbitMQDrainer  # imported here: it imports this module
+
+    return RabbitMQDrainer.from_config(broker, url)
+
+
+DRAINERS: dict[str, Callable[[BrokerConfig, str], Drainer]] = {
+    "redis": _redis_drainer,
+    "rediss": _redis_drainer,
+    "amqp": _rabbitmq_drainer,
+    "amqps": _rabbitmq_drainer,
+}
 """URL scheme -> the drainer for that broker; a scheme not here has none (scale-in as before)."""
 
 

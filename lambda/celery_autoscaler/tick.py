@@ -13,7 +13,7 @@ Safety rules kept here (the policy keeps the rest):
   full window);
 - state is saved BEFORE acting, conditionally: if another invocation saved first, this one does
   not act on that pool;
-- with a drainer (Redis) and a pool whose workers run the helper, a lower count goes through fence
+- with a drainer (Redis, RabbitMQ) and a pool whose workers run the helper, a lower count goes through fence
   and drain (:mod:`celery_autoscaler.drain`): the tick never sets fewer than the running workers
   that have not drained; drain keys that cannot be read or written give today's scale-in, reported;
 - UpdateService only when the desired count differs, and never in dry-run;

@@ -7,8 +7,8 @@ user's web, beat and worker processes. It does three things:
   and the AMQP ``timestamp`` property for RabbitMQ), so the scaler can measure a queue's age;
 - in a worker on ECS, turns on ECS task scale-in protection while tasks run and releases it after a
   short idle debounce, so scale-in never picks a busy worker and deployments are never blocked for long;
-- in a worker whose pool is known (``CELERY_AUTOSCALER_POOL``, set by the module) on a Redis broker,
-  takes part in fence and drain (:mod:`celery_autoscaler.worker_drain`), so scale-in stops only
+- in a worker whose pool is known (``CELERY_AUTOSCALER_POOL``, set by the module) on a Redis or
+  RabbitMQ broker, takes part in fence and drain (:mod:`celery_autoscaler.worker_drain`), so scale-in stops only
   workers that have stopped consuming;
 - in every worker, counts per queue the tasks finished and their run time and adds them to the
   broker's counters (:mod:`celery_autoscaler.counters`) once a second, so the scaler can size by run time;
@@ -35,7 +35,8 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 
 from celery_autoscaler.counters import COMPLETED_FIELD, RUN_MS_FIELD, stats_key
-from celery_autoscaler.worker_drain import SHUTTING_DOWN, WorkerDrain
+from celery_autoscaler.drain_queues import HEARTBEAT_S
+from celery_autoscaler.worker_drain import SHUTTING_DOWN, DrainLink, RabbitMQDrainLink, RedisDrainLink, WorkerDrain
 
 logger = logging.getLogger("celery_autoscaler.worker")
 
@@ -306,8 +307,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     url = settings.protection_url
     drain: WorkerDrain | None = None
     if settings.pool and settings.drain:
-        drain = WorkerDrain(sender, settings.pool, counters.key_prefix, counters.client, settings.release_after_idle_s)
-        logger.info("celery-autoscaler: fence and drain on for pool %r", settings.pool)
+        link = _drain_link(app, counters, settings.pool, str(sender.hostname))
+        if link is not None:
+            drain = WorkerDrain(sender, link, settings.release_after_idle_s)
+            _wake_event_loop(sender, settings.poll_interval_s)
+            logger.info("celery-autoscaler: fence and drain on for pool %r", settings.pool)
     if url is None:
         reason = "disabled" if not settings.protection else f"no {ENV_AGENT_URI} (not on ECS)"
         logger.info("celery-autoscaler: scale-in protection off: %s", reason)
@@ -331,6 +335,42 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         if _poller is None:
             _poller = Poller(settings.poll_interval_s, steps)
             _poller.start()
+
+
+def _wake_event_loop(consumer: Any, interval_s: float) -> None:
+    """Make Celery's event loop turn at least every ``interval_s`` (a no-op timer), in the main process.
+
+    With no busy socket (an idle worker on RabbitMQ) the loop sleeps up to 10 s, and only then runs
+    what the drain asked it to (stop or resume consuming) or notices a SIGTERM; a drained worker
+    could then outlive a short ``stopTimeout``. Redis's transport turns the loop every second already.
+    """
+    timer = getattr(consumer, "timer", None)
+    if timer is not None:
+        timer.call_repeatedly(interval_s, _turn)
+
+
+def _turn() -> None:
+    """The no-op the event loop's timer runs (see :func:`_wake_event_loop`)."""
+
+
+def _drain_link(app: Celery, counters: TaskCounters, pool: str, hostname: str) -> DrainLink | None:
+    """This worker's side of the drain for the app's broker: Redis or RabbitMQ, else None (logged)."""
+    probe = app.connection_for_write()
+    driver = probe.transport.driver_type
+    probe.release()
+    if driver == "redis":
+        return RedisDrainLink(counters.client, counters.key_prefix, pool, hostname)
+    if driver == "amqp":
+        timeouts = {"read_timeout": COUNTER_SOCKET_TIMEOUT_S, "write_timeout": COUNTER_SOCKET_TIMEOUT_S}
+        return RabbitMQDrainLink(
+            lambda: app.connection_for_write(
+                heartbeat=HEARTBEAT_S, connect_timeout=COUNTER_SOCKET_TIMEOUT_S, transport_options=timeouts
+            ),
+            pool,
+            hostname,
+        )
+    logger.info("celery-autoscaler: fence and drain off: the broker is %s, not Redis or RabbitMQ", driver)
+    return None
 
 
 def _on_shutting_down(**_: Any) -> None:

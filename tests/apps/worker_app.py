@@ -19,6 +19,8 @@ from celery.worker import state as worker_state
 from celery_autoscaler import worker as autoscaler_worker
 
 BROKER_URL = os.environ.get("SAFE_BROKER_URL") or redis_url_for(6)
+SIGNALS_URL = os.environ.get("SAFE_SIGNALS_URL") or BROKER_URL
+"""Where the tasks record their runs: the broker itself when it is Redis, else a Redis of its own."""
 
 
 def _env_float(name: str) -> float | None:
@@ -53,7 +55,7 @@ def store() -> redis.Redis:
     """One client per process, made after fork so prefork children never share a socket."""
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(BROKER_URL)
+        _client = redis.Redis.from_url(SIGNALS_URL)
     return _client
 
 
@@ -104,6 +106,6 @@ def _mark_ready(sender: Any = None, **_: Any) -> None:
 @signals.worker_shutting_down.connect
 def _mark_shutdown(sender: Any = None, **_: Any) -> None:
     # A fresh client: this runs inside a signal handler, maybe while the shared one is mid-call.
-    client = redis.Redis.from_url(BROKER_URL)
+    client = redis.Redis.from_url(SIGNALS_URL)
     client.rpush(AT_SIGTERM, f"{sender}:{len(worker_state.active_requests)}")
     client.close()

@@ -130,6 +130,106 @@ def _count(row: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+class ManagementClient:
+    """Requests to one vhost's management API on a keep-alive HTTP(S) connection (TLS verified).
+
+    A connection the broker closed between ticks is reopened once. Failures are
+    :class:`BrokerUnavailableError` naming the request and the address, never the credentials.
+    """
+
+    def __init__(self, endpoint: ManagementEndpoint, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._connection: http.client.HTTPConnection | None = None
+        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}
+
+    def path(self, *parts: str) -> str:
+        """``/api/PARTS...`` under the endpoint's prefix, each part quoted (the vhost is one)."""
+        return "/".join([f"{self.endpoint.path_prefix}/api", *(quote(part, safe="") for part in parts)])
+
+    def close(self) -> None:
+        """Close the keep-alive connection (the next request opens a new one)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def queues(self, query: str) -> list[Any]:
+        """``GET /api/queues/{vhost}?query`` as a JSON list, or :class:`BrokerUnavailableError`."""
+        endpoint = self.endpoint
+        what = f"GET /api/queues/{quote(endpoint.vhost, safe='')} on {endpoint.where}"
+        status, reason, body = self.request("GET", f"{self.path('queues', endpoint.vhost)}?{query}", what)
+        if status == 401:
+            raise BrokerUnavailableError(
+                f"{what}: 401 {reason} (the user needs the tag 'monitoring' or 'management' and a password that works)"
+            )
+        if status == 404:
+            raise BrokerUnavailableError(f"{what}: 404 (no vhost {endpoint.vhost!r}, or no permission on it)")
+        if not 200 <= status < 300:
+            raise BrokerUnavailableError(f"{what}: {status} {reason}")
+        listing = self.json(body, what)
+        if not isinstance(listing, list):
+            raise BrokerUnavailableError(f"{what}: the answer is not a JSON list")
+        return listing
+
+    @staticmethod
+    def json(body: bytes, what: str) -> Any:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BrokerUnavailableError(f"{what}: the answer is not JSON ({type(exc).__name__})") from None
+
+    def request(
+        self, method: str, path: str, what: str, body: object = None, *, retry: bool = True
+    ) -> tuple[int, str, bytes]:
+        """One request (``body`` sent as JSON) on the kept-alive connection: status, reason and answer."""
+        reused = self._connection is not None
+        # Accept only where an answer comes: the API refuses it (406) on a DELETE, which answers nothing.
+        headers = {**self._headers, **({"Accept": "application/json"} if method in ("GET", "POST") else {})}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            connection = self._connect()
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            answer = response.read(MAX_LISTING_BYTES + 1)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if reused and retry:
+                return self.request(method, path, what, body, retry=False)
+            raise BrokerUnavailableError(f"{what}: connection closed ({type(exc).__name__})") from None
+        except ssl.SSLError as exc:  # before OSError: SSLError is one
+            self.close()
+            raise BrokerUnavailableError(f"{what}: TLS failed ({exc.reason or type(exc).__name__})") from None
+        except TimeoutError:
+            self.close()
+            raise BrokerUnavailableError(f"{what}: no answer within {self._timeout_s:g} s") from None
+        except OSError as exc:
+            self.close()
+            raise BrokerUnavailableError(f"{what}: {exc.strerror or type(exc).__name__}") from None
+        except http.client.HTTPException as exc:
+            self.close()
+            raise BrokerUnavailableError(f"{what}: not an HTTP answer ({type(exc).__name__})") from None
+        if len(answer) > MAX_LISTING_BYTES:
+            self.close()
+            raise BrokerUnavailableError(f"{what}: the answer is larger than {MAX_LISTING_BYTES} bytes")
+        if response.will_close:
+            self.close()
+        return response.status, response.reason, answer
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            endpoint, timeout = self.endpoint, self._timeout_s
+            if endpoint.https:
+                context = ssl.create_default_context()
+                self._connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout,
+                                                               context=context)  # fmt: skip
+            else:
+                self._connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
+        return self._connection
+
+
 class RabbitMQProbe:
     """Reads waiting, unacked and age of Celery queues from RabbitMQ's management API; see the module docstring.
 
@@ -139,12 +239,9 @@ class RabbitMQProbe:
     def __init__(
         self, settings: BrokerConfig, endpoint: ManagementEndpoint, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self._settings = settings
         self._endpoint = endpoint
         self._clock = clock
-        self._connection: http.client.HTTPConnection | None = None
-        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode()
-        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._api = ManagementClient(endpoint, settings.socket_timeout_s)
         self._warned: set[str] = set()
 
     @classmethod
@@ -154,13 +251,11 @@ class RabbitMQProbe:
 
     def close(self) -> None:
         """Close the keep-alive connection (the next ``measure`` opens a new one)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self._api.close()
 
     def measure(self, queues: Sequence[str]) -> BrokerMeasurements:
         """Measure ``queues`` now: one listing request, plus one for head timestamps when a classic queue waits."""
-        listing = self._listing(COUNT_QUERY)
+        listing = self._api.queues(COUNT_QUERY)
         now = self._clock()
         rows = {row["name"]: row for row in listing if isinstance(row, dict) and isinstance(row.get("name"), str)}
         unacked_total = sum(n for row in rows.values() if (n := _count(row, "messages_unacknowledged")) is not None)
@@ -200,7 +295,7 @@ class RabbitMQProbe:
     def _ages(self, now: float) -> dict[str, float | None]:
         """Head ages from the stats-mode listing; ``None`` where the head is unstamped or implausible."""
         ages: dict[str, float | None] = {}
-        for row in self._listing(AGE_QUERY):
+        for row in self._api.queues(AGE_QUERY):
             if not isinstance(row, dict) or not isinstance(row.get("name"), str):
                 continue
             stamp = row.get("head_message_timestamp")
@@ -210,68 +305,3 @@ class RabbitMQProbe:
             plausible = now - MAX_PLAUSIBLE_AGE_S <= stamp <= now + MAX_CLOCK_SKEW_S
             ages[row["name"]] = max(0.0, now - float(stamp)) if plausible else None
         return ages
-
-    def _listing(self, query: str) -> list[Any]:
-        """``GET /api/queues/{vhost}?query`` as a JSON list, or :class:`BrokerUnavailableError`."""
-        endpoint = self._endpoint
-        path = f"{endpoint.path_prefix}/api/queues/{quote(endpoint.vhost, safe='')}?{query}"
-        what = f"GET /api/queues/{quote(endpoint.vhost, safe='')} on {endpoint.where}"
-        status, reason, body = self._get(path, what)
-        if status == 401:
-            raise BrokerUnavailableError(
-                f"{what}: 401 {reason} (the user needs the tag 'monitoring' or 'management' and a password that works)"
-            )
-        if status == 404:
-            raise BrokerUnavailableError(f"{what}: 404 (no vhost {endpoint.vhost!r}, or no permission on it)")
-        if not 200 <= status < 300:
-            raise BrokerUnavailableError(f"{what}: {status} {reason}")
-        try:
-            listing = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise BrokerUnavailableError(f"{what}: the answer is not JSON ({type(exc).__name__})") from None
-        if not isinstance(listing, list):
-            raise BrokerUnavailableError(f"{what}: the answer is not a JSON list")
-        return listing
-
-    def _get(self, path: str, what: str, *, retry: bool = True) -> tuple[int, str, bytes]:
-        """One GET on the kept-alive connection; a connection the broker closed between ticks is reopened once."""
-        reused = self._connection is not None
-        try:
-            connection = self._connect()
-            connection.request("GET", path, headers=self._headers)
-            response = connection.getresponse()
-            body = response.read(MAX_LISTING_BYTES + 1)
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if reused and retry:
-                return self._get(path, what, retry=False)
-            raise BrokerUnavailableError(f"{what}: connection closed ({type(exc).__name__})") from None
-        except ssl.SSLError as exc:  # before OSError: SSLError is one
-            self.close()
-            raise BrokerUnavailableError(f"{what}: TLS failed ({exc.reason or type(exc).__name__})") from None
-        except TimeoutError:
-            self.close()
-            raise BrokerUnavailableError(f"{what}: no answer within {self._settings.socket_timeout_s:g} s") from None
-        except OSError as exc:
-            self.close()
-            raise BrokerUnavailableError(f"{what}: {exc.strerror or type(exc).__name__}") from None
-        except http.client.HTTPException as exc:
-            self.close()
-            raise BrokerUnavailableError(f"{what}: not an HTTP answer ({type(exc).__name__})") from None
-        if len(body) > MAX_LISTING_BYTES:
-            self.close()
-            raise BrokerUnavailableError(f"{what}: the answer is larger than {MAX_LISTING_BYTES} bytes")
-        if response.will_close:
-            self.close()
-        return response.status, response.reason, body
-
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._connection is None:
-            endpoint, timeout = self._endpoint, self._settings.socket_timeout_s
-            if endpoint.https:
-                context = ssl.create_default_context()
-                self._connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=timeout,
-                                                               context=context)  # fmt: skip
-            else:
-                self._connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
-        return self._connection
