@@ -25,7 +25,7 @@ from waiting import wait_until
 from celery_autoscaler.config import BrokerConfig, ScalerConfig, parse_config
 from celery_autoscaler.drain import DrainError, DrainPlan, DrainStatus, drainer_for
 from celery_autoscaler.drain_keys import DRAIN_TTL_MS
-from celery_autoscaler.drain_queues import HEARTBEAT_S, marker_queue, slots_queue, state_queue
+from celery_autoscaler.drain_queues import HEARTBEAT_S, MARKER_ARGUMENTS, marker_queue, slots_queue, state_queue
 from celery_autoscaler.drain_rabbitmq import RabbitMQDrainer
 from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.state import InMemoryStateStore
@@ -151,6 +151,23 @@ def test_reading_and_refreshing_a_drain_never_hides_it_from_a_worker(vhost: Vhos
         looking.join(timeout=60)
         worker.close()
     assert all(seen), f"{seen.count(False)} of {len(seen)} polls saw no drain"
+
+
+def test_a_drain_the_scaler_stops_refreshing_ends_for_every_worker(
+    vhost: Vhost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker's TTL (``DRAIN_TTL_MS``, 60 s; 2 s here, both sides declare the same arguments)."""
+    monkeypatch.setitem(MARKER_ARGUMENTS, "x-message-ttl", 2000)
+    scaler, worker = drainer(vhost), link(vhost, "w@host")
+    try:
+        worker.poll("look")
+        scaler.status([POOL])
+        scaler.apply(POOL, DrainPlan(desired=1, open=1), NOW)
+        assert worker.poll("claim") == (True, "draining")
+        wait_until(lambda: worker.poll("draining") == (False, "draining"), timeout=60, what="the drain to expire")
+        assert not scaler.status([POOL])[POOL].active
+    finally:
+        worker.close()
 
 
 def test_a_worker_whose_connection_dies_counts_for_nothing_and_comes_back_as_it_was(
