@@ -38,7 +38,9 @@ block's file:line. The tags (docs/development.md says the same for writers):
     not set.
 ``redis-acl``
     One ``ACL SETUSER`` line, sent as written with ``redis-cli`` to the tests' Redis; the Redis probe
-    connected as that user must then measure what the default user measures (removed after).
+    connected as that user must then measure what the default user measures, and the drainer (fence
+    and drain) must read and write a pool's drain as that user (removed after). Option
+    ``read-only``: the drainer must be refused instead.
 ``rabbitmqctl``
     ``rabbitmqctl`` lines, run as written against the tests' private RabbitMQ node (its environment
     names the node). The block must add a vhost and a user: the RabbitMQ probe connected as that user
@@ -82,7 +84,8 @@ from waiting import wait_until
 
 from celery_autoscaler.cli import build_parser
 from celery_autoscaler.config import BrokerConfig, load_config
-from celery_autoscaler.drain import DrainPlan, drainer_for
+from celery_autoscaler.drain import DrainError, DrainPlan, drainer_for
+from celery_autoscaler.drain_keys import drain_key
 from celery_autoscaler.probe.rabbitmq import RabbitMQProbe
 from celery_autoscaler.probe.redis import RedisProbe
 
@@ -408,7 +411,12 @@ def run_hcl(block: Block, tmp_path: Path) -> None:
 
 
 def run_redis_acl(block: Block) -> None:
-    """The documented ACL line as written, then the probe as that user measures what the default user does."""
+    """The documented ACL line as written, then the probe as that user measures what the default user does.
+
+    The drainer as that user opens and ends a drain, or (``read-only``) is refused.
+    """
+    unknown = set(block.options) - {"read-only"}
+    assert not unknown, f"{block.where}: unknown redis-acl option(s) {sorted(unknown)}"
     lines = [line for line in block.text.splitlines() if line.strip()]
     assert len(lines) == 1, f"{block.where}: a redis-acl block holds exactly one ACL SETUSER line"
     words = shlex.split(lines[0])
@@ -439,6 +447,19 @@ def run_redis_acl(block: Block) -> None:
         assert (measured.queues, measured.unacked_total) == (expected.queues, expected.unacked_total)
         assert expected.queues["celery"].waiting == 3
         assert expected.unacked_total == 1
+        drainer = drainer_for(BrokerConfig(), restricted_url)
+        assert drainer is not None
+        if "read-only" in block.options:
+            with pytest.raises(DrainError, match="NoPermissionError"):
+                drainer.status(["default"])
+        else:
+            try:
+                drainer.apply("default", DrainPlan(desired=1, open=1), now)
+                assert drainer.status(["default"])["default"].active
+                drainer.apply("default", DrainPlan(desired=1, open=None), now)
+            except DrainError as exc:
+                pytest.fail(f"{block.where}: the drainer connected as {user} failed: {exc}")
+            assert not admin.exists(drain_key("", "default"))
     finally:
         admin.execute_command("ACL", "DELUSER", user)
         admin.close()
@@ -508,7 +529,7 @@ def test_block_works_as_written(
 ) -> None:
     if block.tag == "text":
         return
-    if block.tag in {"bash", "console", "dockerfile", "json", "redis-acl", "rabbitmqctl", "python"}:
+    if block.tag in {"bash", "console", "dockerfile", "json", "rabbitmqctl", "python"}:
         assert not block.options, f"{block.where}: {block.tag} takes no options, got {block.options}"
     if block.tag == "diff":
         assert block.options, f"{block.where}: say which tag the new side is (```diff hcl ...)"

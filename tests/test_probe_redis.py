@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -18,7 +17,16 @@ from apps.workers import WorkerProcess
 from celery_apps import celery_worker
 from conftest import REDIS_HOST, REDIS_PORT, redis_url_for
 from kombu import Connection, Exchange, Queue
-from redis_acl import documented_acl_line, documented_acl_rules
+from redis_acl import (
+    HANDSHAKE,
+    allowed_commands,
+    command_calls,
+    documented_acl_rules,
+    documented_user,
+    refused,
+    seed_every_read,
+    sent_between,
+)
 from waiting import wait_until
 
 from celery_autoscaler.config import BrokerConfig, ConfigError
@@ -230,20 +238,6 @@ def test_eta_tasks_are_not_demand_until_due(redis_db: redis.Redis) -> None:
     assert (measured.queues["later"].waiting, measured.unacked_total) == (3, 0)
 
 
-@contextmanager
-def read_only_user(client: redis.Redis) -> Iterator[str]:
-    """The documented ACL user, created by redis-cli from the recipe as written; removed afterwards."""
-    line = documented_acl_line()
-    name, password, _ = documented_acl_rules()
-    cli = ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT)]
-    ran = subprocess.run(cli, input=line + "\n", capture_output=True, text=True, check=True)
-    assert ran.stdout.strip() == "OK", ran.stdout + ran.stderr
-    try:
-        yield f"redis://{name}:{password}@{REDIS_HOST}:{REDIS_PORT}/{db_of(client)}"
-    finally:
-        client.execute_command("ACL", "DELUSER", name)
-
-
 @pytest.mark.redis_db(3)
 def test_named_exchanges_resolve_through_kombu_bindings(redis_db: redis.Redis) -> None:
     app = make_app(redis_url_for(3), acks_late=True)
@@ -260,7 +254,7 @@ def test_named_exchanges_resolve_through_kombu_bindings(redis_db: redis.Redis) -
         measured = RedisProbe.from_config(BrokerConfig(), redis_url_for(3)).measure(["routed", "topicq", "celery"])
         assert [measured.queues[q].unacked for q in ("routed", "topicq", "celery")] == [1, 1, 0]
 
-        with read_only_user(redis_db) as url:
+        with documented_user(redis_db, read_only=True) as url:
             restricted = RedisProbe.from_config(BrokerConfig(), url).measure(["routed", "topicq"])
         assert restricted.queues == {q: measured.queues[q] for q in ("routed", "topicq")}
         assert restricted.unacked_total == 2
@@ -559,30 +553,21 @@ def test_an_exchange_bound_since_the_last_binding_read_routes_at_the_next_scan(r
 
 @pytest.mark.redis_db(3)
 def test_the_documented_acl_recipe_is_exactly_what_the_probe_sends(redis_db: redis.Redis) -> None:
-    """Run as the documented user, the probe is refused nothing, and uses every command the recipe allows."""
-    with Connection(redis_url_for(3)) as connection:
-        Queue("acl", Exchange("acl_ex"), routing_key="rk", channel=connection.default_channel).declare()
+    """Run as the documented read-only user, the probe is refused nothing, and uses every command it allows."""
     now = time.time()
-    message = {"headers": {"id": "t1", HEADER: now - 5}, "body": ""}
-    redis_db.lpush("acl", json.dumps(message))
-    redis_db.hset("unacked", "t2", json.dumps([message, "acl_ex", "rk"]))
-    redis_db.hset(stats_key("", "acl"), mapping={COMPLETED_FIELD: 3, RUN_MS_FIELD: 30})
+    seed_every_read(redis_db, redis_url_for(3), "acl", now)
     expected = RedisProbe(BrokerConfig(), url=redis_url_for(3), clock=lambda: now).measure(["acl"])
-    user, _, rules = documented_acl_rules()
-    allowed = [rule[1:] for rule in rules if rule.startswith("+")]
-
-    def calls() -> dict[str, int]:
-        stats = redis_db.info("commandstats")
-        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in allowed}
+    user, _, rules = documented_acl_rules(read_only=True)
 
     redis_db.acl_log_reset()
-    with read_only_user(redis_db) as url:
-        before = calls()
+    with documented_user(redis_db, read_only=True) as url:
+        before = command_calls(redis_db)
         measured = RedisProbe(BrokerConfig(), url=url, clock=lambda: now).measure(["acl"])  # a first tick
-        after = calls()
-        refused = [e["object"] for e in redis_db.acl_log() if e["username"] == user]
+        sent = sent_between(before, command_calls(redis_db))
+        denied = refused(redis_db, user)
 
     assert measured == expected
     assert (measured.queues["acl"].unacked, measured.queues["acl"].completed) == (1, 3)
-    assert [name for name in allowed if after[name] == before[name]] == [], "allowed but never sent"
-    assert refused == [], "sent but refused"
+    assert allowed_commands(rules) - set(sent) == set(), "allowed but never sent"
+    assert set(sent) - allowed_commands(rules) <= HANDSHAKE, "sent but not allowed"
+    assert denied == [], "sent but refused"

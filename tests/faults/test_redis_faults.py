@@ -51,11 +51,13 @@ BURST = 20
 pytestmark = pytest.mark.redis_db(DB)
 
 
-def set_user(client: redis.Redis, *, keys: tuple[str, ...] = ("*",), drop: tuple[str, ...] = ()) -> None:
+def set_user(client: redis.Redis, *, keys: tuple[str, ...] | None = None, drop: tuple[str, ...] = ()) -> None:
     """The scaler's ACL user: the docs' rules with this suite's password, other key patterns, or commands dropped."""
     _, _, rules = documented_acl_rules()
-    rules = [r for r in rules if not r.startswith("~") and r not in drop]
-    client.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{SECRET}", *(f"~{k}" for k in keys), *rules)
+    if keys is not None:  # key patterns (~ and Redis 7's %R~, %RW~) replaced
+        rules = [f"~{k}" for k in keys] + [r for r in rules if not r.startswith(("~", "%"))]
+    rules = [r for r in rules if r not in drop]
+    client.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{SECRET}", *rules)
 
 
 def closed_port() -> int:
