@@ -86,6 +86,7 @@ def same_wait(
 ) -> list[dict[str, Any]]:
     """Target 1: ours given each peer's p95 as wait target: p95 <= 1.1 x theirs + 2 s, bill <= 0.9 x theirs."""
     checks = []
+    lower = float(policies["oracle-lower"]["worker_seconds"])
     for peer in PEERS:
         theirs = policies[peer]
         wait = max(0.1, float(theirs["wait_p95_s"]))
@@ -110,11 +111,19 @@ def same_wait(
                     f"{bound[1]:.0f} worker-s, more than 0.9 x {peer}'s {theirs['worker_seconds']:.0f}: on this load "
                     "no schedule reaches the bill at that wait"
                 )
-            elif p95_ok:
+            elif lower and 0.9 * theirs["worker_seconds"] < lower:
                 item["why"] = (
-                    f"Erlang C sizes for p95 <= {wait:.1f} s at every instant, and our p95 is "
-                    f"{ours['wait_p95_s']:.1f} s: "
-                    f"{peer} is cheaper by letting the queue grow at the peaks, which the instant rule does not do"
+                    f"0.9 x {peer}'s {theirs['worker_seconds']:.0f} worker-s is below the work itself at full "
+                    f"concurrency ({lower:.0f}, oracle-lower): no schedule bills that"
+                )
+            elif p95_ok:
+                need = 0.9 * theirs["worker_seconds"] / lower if lower else 0.0
+                item["why"] = (
+                    f"the target needs {need:.2f} x the work at full concurrency (oracle-lower {lower:.0f} worker-s); "
+                    f"we bill {ours['worker_seconds'] / lower if lower else 0.0:.2f} x at p95 "
+                    f"{ours['wait_p95_s']:.1f} s of the {wait:.1f} s allowed: whole workers of "
+                    f"{DEFAULT_POOL.concurrency} slots, and a worker added under load is seldom idle long enough "
+                    f"for a safe scale-in, so the fleet stays above the load {peer} runs at"
                 )
             else:
                 item["why"] = f"our p95 {ours['wait_p95_s']:.1f} s is above the bound"
@@ -147,9 +156,18 @@ def targets(
         "numbers": f"{ratio:.2f} x",
     }
     if ratio > 1.15:
+        # The same run with busy workers stoppable (no protection, no fence: tasks get killed) says how much
+        # of the bill is workers the rule no longer wants but a safe scale-in could not stop yet.
+        loose = replace(settings, scale_in_protection=False, drain=False)
+        pool = DEFAULT_POOL
+        run = run_pool(trace.enqueue_s, trace.service_s, ScalerPolicy(pool), pool, loose, seed, trace.horizon_s)
+        unprotected = summarise([run], loose)["worker_seconds"] / oracle["worker_seconds"]
         item["why"] = (
             "a reactive scaler sees a burst or a batch only after it arrives and drains the backlog built during "
-            "detection + start (median about 55 s) with workers billed at least 60 s; the oracle launches ahead"
+            "detection + start (median about 55 s) with workers billed at least 60 s; the oracle launches ahead. "
+            f"With busy workers stoppable (no scale-in protection or fence, tasks killed) the same rule bills "
+            f"{unprotected:.2f} x: the rest is workers a safe scale-in waits for, idle "
+            f"{settings.protection_release_s:g} s, which a busy pool seldom has"
         )
     checks.append(item)
     if name == "steady":

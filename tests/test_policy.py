@@ -365,10 +365,20 @@ def test_worked_example_of_the_readme() -> None:
     # work = 300 x 2 - 4 x 55 = 380 slot-s over 30 s = 12.67 slots; (6 + 12.67) / 2 = 9.33 -> 10.
     assert decision.desired == 10
     assert "= 9.33 workers -> 10" in decision.reason
-    # With a 60 s p95 wait target: Erlang C gives 5 slots; (5 + 12.67) / 2 = 8.83 -> 9.
+    # With a 60 s p95 wait target (H = D = 55 s): max(380 / max(30, 60 - 55), (380 + 4 x 55 + sqrt(2 x 4 x 2 x 55))
+    # / (60 + 55)) = max(12.67, 5.48) = 12.67 slots; 12.67 / 2 = 6.33 -> 7 (no base on top: the backlog term
+    # already has the load queue behind it).
     assert erlang_c_slots(4.0, 2.0, 60.0) == 5
     relaxed = decide(measurements, replace(pool, wait_target_s=60.0), PoolState(estimator=estimator), 1000.0)
-    assert relaxed.desired == 9
+    assert relaxed.desired == 7
+    # Nothing waiting, 4 in flight: R + sqrt(R) = 6 slots = 3 workers; W = 60 allows a queue:
+    # (0 + 4 x 55 + sqrt(880)) / (60 + 55) = 2.17 slots = 1.09 workers -> 2.
+    quiet = PoolLoad(0, 4, 4, None, 1000.0, completed=1030, run_seconds=2060.0)
+    calm = PoolMeasurements(current_desired=4, running=4, load=quiet)
+    assert "= 3.00 workers" in decide(calm, pool, PoolState(estimator=estimator), 1000.0).reason
+    budget = decide(calm, replace(pool, wait_target_s=60.0), PoolState(estimator=estimator), 1000.0)
+    assert "= 1.09 workers" in budget.reason
+    assert budget.desired == 2
 
 
 def test_erlang_c_slots_matches_the_textbook() -> None:

@@ -130,6 +130,10 @@ class Estimates:
     (arrival rate from the oldest waiting task's age, run time by Little's law) or ``none`` (too
     early to tell).
     ``starting_since`` is when the oldest increase still not met by running workers was asked for.
+    ``median_rate`` is the median of the per-tick rates kept (no quick step-up: what a wait target's
+    horizon, a minute or more ahead, projects); ``completion_rate`` the tasks finished per second since
+    the last tick (counters only) and ``busy_before`` the last tick's in-flight: whether busy slots
+    turn over.
     """
 
     arrival_rate: float | None
@@ -137,6 +141,9 @@ class Estimates:
     start_delay_s: float
     source: str
     starting_since: float | None = None
+    median_rate: float | None = None
+    completion_rate: float | None = None
+    busy_before: int | None = None
 
     def summary(self) -> dict[str, float | str | None]:
         """The JSON the tick logs."""
@@ -183,9 +190,11 @@ def observe(
     counters = load.completed is not None and load.run_seconds is not None
     reset = counters and state.completed is not None and (load.completed or 0) < state.completed
     rate: float | None = None
+    completion_rate: float | None = None
     run_sum, count_sum = state.run_sum, state.count_sum
     if counters and state.completed is not None and state.run_seconds is not None and not reset and dt > 0:
         done = (load.completed or 0) - state.completed
+        completion_rate = done / dt
         if done > 0:  # the helper writes both counters in one transaction: no run time without a count
             run_sum, count_sum = _aged(run_sum, count_sum, dt)
             run_sum += max(0.0, (load.run_seconds or 0.0) - state.run_seconds)
@@ -214,6 +223,11 @@ def observe(
         start_delay_s=start_delay,
         source=source,
         starting_since=min((t for t, _ in state.raises), default=None),
+        median_rate=median([r for _, r in rates]) if rates else None,
+        completion_rate=completion_rate,
+        busy_before=max(0, state.backlog - state.waiting)
+        if state.backlog is not None and state.waiting is not None
+        else None,
     )
     new_state = replace(
         state,

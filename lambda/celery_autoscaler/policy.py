@@ -6,17 +6,22 @@ arrival rate lambda, mean run time s, start delay D), whose estimates feed the s
 
 The rule, per pool (c = concurrency x target_utilisation slots per worker):
   load     R = lambda x s busy slots; at least in-flight without the helper's counters; while
-           every slot is busy with a queue behind, at least in-flight - sqrt(in-flight) -
-           concurrency (long tasks still running: the completions' run time lags)
-  base     no wait target: R + sqrt(R) (square-root staffing, beta 1: little waiting);
-           wait_target_s W: the fewest slots N whose Erlang C p95 wait is <= W,
-           i.e. C(N, R) x exp(-(N - R) W / s) <= 0.05
+           every slot is busy with a queue behind and the busy slots did not turn over since the
+           last tick (completions x s below half the slots busy at both ticks), at least in-flight -
+           sqrt(in-flight) - concurrency (long tasks still running: the completions' run time lags)
   backlog  work = waiting x s + (R - running x concurrency) x A slot-seconds: the backlog as it
            will stand when the capacity asked for arrives. A is the start delay D, or, while
            asked-for workers still start (running < current), what is left of it, so the backlog
-           that builds while they start is not sized again. Drained in T = drain_time_s (with W:
-           max(drain_time_s, W - D)): work / T slots
-  need     (base + backlog slots) / c workers; without a run time yet: (waiting + in-flight) /
+           that builds while they start is not sized again
+  slots    no wait target: R + sqrt(R) (square-root staffing, beta 1: little waiting) + work /
+           drain_time_s;
+           wait_target_s W: the fewest K that keep a task's projected wait under W until a
+           correction asked for now could run (H = D), the queue changing by R' - K a second with a
+           spread of one standard deviation (R' from the median arrival rate):
+           K = max(work / max(drain_time_s, W - A), (work + R' H + sqrt(2 R' s H)) / (W + H)),
+           below R when the wait budget allows a queue; if W < s (waits from coincidences, not from
+           a queue), at least Erlang C's fewest N with C(N, R) x exp(-(N - R) W / s) <= 0.05
+  need     slots / c workers; without a run time yet: (waiting + in-flight) /
            tasks_per_worker, as before (one slot per task), but no more than current while
            asked-for workers still start
   late     if the oldest waiting task is older than target_latency_s and every worker asked for
@@ -24,8 +29,9 @@ The rule, per pool (c = concurrency x target_utilisation slots per worker):
   out      : ceil(need) > current -> at once (capped by max_scale_out_step unless starting from 0)
   in       : the max over scale_in_window_s of ceil(need x (1 + scale_in_tolerance)), never fewer
            than in-flight / concurrency (the busy workers), is below current -> that max,
-           removing at most max_scale_in_percent of current per tick: a small drop waits, a big
-           one (after a burst) is immediate
+           removing at most max_scale_in_percent of current per tick: a small drop waits; with
+           nothing waiting and this tick's count at most half of current (a burst is over), that
+           count at once, without the window
   zero     : only after the pool's queues have nothing waiting, in flight or scheduled (ETA) for
              idle_window_s (nothing unacked at all when attribution is unknown)
   hold     : broker unreadable, one of the pool's queues unreadable, or the reading older than
@@ -140,17 +146,22 @@ def _floor(
     return minimum, f"{reason}; {why} -> {minimum}"
 
 
-def erlang_c_slots(load: float, run_s: float, wait_s: float, quantile: float = WAIT_QUANTILE) -> int:
+def erlang_c_slots(
+    load: float, run_s: float, wait_s: float, quantile: float = WAIT_QUANTILE, limit: int | None = None
+) -> int:
     """The fewest slots N > load with P(wait > wait_s) = C(N, load) x exp(-(N - load) wait_s / run_s) <= 1 - quantile.
 
     Erlang B by its recurrence B(n) = a B(n-1) / (n + a B(n-1)), then C = N B / (N - a (1 - B)):
-    one pass, no factorials, so 100 pools stay far below a millisecond each.
+    one pass, no factorials, so 100 pools stay far below a millisecond each. ``limit`` (the slots
+    max_workers has) ends the search there: more could never be asked for.
     """
     if load <= 0:
         return 0
     blocking, n = 1.0, 0
     while True:
         n += 1
+        if limit is not None and n >= limit:
+            return limit
         blocking = load * blocking / (n + load * blocking)
         if n > load:
             waits = n * blocking / (n - load * (1.0 - blocking))
@@ -176,16 +187,15 @@ def _need(
     offered = rate * run_s if rate is not None else 0.0
     if estimates.source != "counters" or rate is None:
         offered = max(offered, float(in_flight))  # without counters, busy slots are the load we know
-    elif waiting > 0 and in_flight >= measurements.running * pool.concurrency:
-        # Every slot busy with a queue behind: long tasks still running are load the completions'
-        # run time does not show yet. Less a noise margin, so a steady pool's busy moments do not count.
+    elif (
+        waiting > 0
+        and in_flight >= measurements.running * pool.concurrency
+        and _slots_held(estimates, in_flight, run_s)
+    ):
+        # Every slot busy with a queue behind, and the busy slots do not turn over: long tasks still
+        # running are load the completions' run time does not show yet. Less a noise margin, so a
+        # steady pool's busy moments do not count.
         offered = max(offered, in_flight - math.sqrt(in_flight) - pool.concurrency)
-    if pool.wait_target_s is None:
-        base = offered + BETA * math.sqrt(offered)
-        drain_s = pool.drain_time_s
-    else:
-        base = float(erlang_c_slots(offered, run_s, pool.wait_target_s))
-        drain_s = max(pool.drain_time_s, pool.wait_target_s - estimates.start_delay_s)
     # Until the capacity asked for arrives (the start delay; for workers already starting, what is left
     # of it), the running workers' spare slots drain the backlog and a shortfall adds to it. Asking
     # again while they start projects to the same moment, so that growth is not sized twice.
@@ -194,16 +204,70 @@ def _need(
         arrives_in = max(0.0, arrives_in - (now - estimates.starting_since))
     deficit = offered - measurements.running * pool.concurrency
     work = max(0.0, waiting * run_s + deficit * arrives_in)
-    slots = base + work / drain_s
-    per_worker = pool.concurrency * pool.target_utilisation
-    need = slots / per_worker
     rate_text = "?" if rate is None else f"{rate:.2f}/s"
+    per_worker = pool.concurrency * pool.target_utilisation
+    if pool.wait_target_s is None:
+        base = offered + BETA * math.sqrt(offered)
+        slots = base + work / pool.drain_time_s
+        terms = f"over {pool.drain_time_s:g} s; ({base:.1f} + {work / pool.drain_time_s:.1f})"
+    else:
+        slots, terms = _wait_slots(pool.wait_target_s, work, arrives_in, run_s, estimates, pool, offered)
+        base = slots
+    need = slots / per_worker
     text = (
         f"R {rate_text} x {run_s:.2f} s = {offered:.1f} slots, base {base:.1f}; backlog {waiting} x {run_s:.2f} s "
-        f"{deficit:+.1f} slots x {arrives_in:.0f} s to capacity = {work:.0f} slot-s over {drain_s:g} s; "
-        f"({base:.1f} + {work / drain_s:.1f}) / {per_worker:g} = {need:.2f} workers"
+        f"{deficit:+.1f} slots x {arrives_in:.0f} s to capacity = {work:.0f} slot-s {terms} / {per_worker:g} "
+        f"= {need:.2f} workers"
     )
     return need, text
+
+
+def _slots_held(estimates: Estimates, in_flight: int, run_s: float) -> bool:
+    """Whether the busy slots failed to turn over since the last tick: fewer completions than half of
+    what the tasks busy at both ticks would give at the mean run time (or no counters to tell).
+
+    A burst's first ticks fill every slot with tasks that just started, and a backlog being drained
+    keeps them busy with short tasks that finish at the rate the run time says: neither is long tasks.
+    """
+    if estimates.completion_rate is None or estimates.busy_before is None:
+        return True
+    return estimates.completion_rate * run_s < min(in_flight, estimates.busy_before) / 2
+
+
+def _wait_slots(
+    wait_s: float,
+    work: float,
+    arrives_in: float,
+    run_s: float,
+    estimates: Estimates,
+    pool: PoolConfig,
+    offered: float,
+) -> tuple[float, str]:
+    """Slots for a wait target W: the fewest K whose projected queue keeps the wait under W over the
+    horizon H = D (how long until a correction asked for now runs).
+
+    The queue at the capacity's arrival is ``work``; after it, it changes by (R - K) slot-seconds a
+    second plus a spread of one standard deviation of the work arriving in H (Poisson arrivals, run
+    times of coefficient of variation 1: sqrt(2 R s H)). A task waits the queue ahead over K, so
+    K >= (work + R H + spread) / (W + H) keeps the last arrival of the horizon under W, and
+    K >= work / max(drain_time_s, W - A) lets the backlog's tasks, already waiting A, drain in time.
+    R here is the median rate (a minute ahead it predicts better than the quick one). A target
+    shorter than a run time is waits from coincidences, not from a queue: then also Erlang C's.
+    """
+    steady = (estimates.median_rate or 0.0) * run_s
+    horizon_s = estimates.start_delay_s
+    spread = BETA * math.sqrt(2.0 * steady * run_s * horizon_s)
+    drain_s = max(pool.drain_time_s, wait_s - arrives_in)
+    slots = max(work / drain_s, (work + steady * horizon_s + spread) / (wait_s + horizon_s))
+    terms = (
+        f"for wait {wait_s:g} s over H {horizon_s:.0f} s: max({work:.0f} / {drain_s:.0f} s, "
+        f"({work:.0f} + {steady:.1f} x {horizon_s:.0f} + {spread:.0f}) / ({wait_s:g} + {horizon_s:.0f})) = {slots:.1f}"
+    )
+    if wait_s < run_s:
+        erlang = float(erlang_c_slots(offered, run_s, wait_s, limit=(pool.max_workers + 1) * pool.concurrency))
+        terms += f", Erlang C {erlang:g} ({wait_s:g} s < run time)"
+        slots = max(slots, erlang)
+    return slots, f"{terms}; {slots:.1f}"
 
 
 def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, now: float) -> Decision:
@@ -244,6 +308,8 @@ def decide(measurements: PoolMeasurements, pool: PoolConfig, state: PoolState, n
     window = [(t, r) for t, r in state.recommendations if now - t < pool.scale_in_window_s]
     window.append((now, keep))
     stabilised = max(r for _, r in window)
+    if load.waiting == 0 and 2 * keep <= current:
+        stabilised = keep  # a burst is over: at least half the workers go at once, not a window later
 
     # Another pool's unacked messages do not keep this one up; held ETA messages do (a worker must stay).
     held = load.scheduled if load.scheduled is not None else load.unacked_total
