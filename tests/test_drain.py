@@ -10,6 +10,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -18,12 +19,15 @@ from waiting import wait_until
 
 from celery_autoscaler.config import BrokerConfig, ScalerConfig, parse_config
 from celery_autoscaler.drain import (
+    FOLLOW_UP_S,
     MAX_CATCH_UP_S,
     START_GRACE_S,
     DrainError,
     DrainPlan,
     DrainStatus,
     RedisDrainer,
+    Tick,
+    TickSchedule,
     drainer_for,
     plan,
 )
@@ -32,7 +36,7 @@ from celery_autoscaler.ecs import ServiceStatus
 from celery_autoscaler.probe.redis import RedisProbe
 from celery_autoscaler.state import InMemoryStateStore
 from celery_autoscaler.telemetry import Telemetry
-from celery_autoscaler.tick import PoolOutcome, run_tick
+from celery_autoscaler.tick import PoolOutcome, TickResult, run_tick
 
 DB = 12
 NOW = 1_800_000_000.0
@@ -46,11 +50,45 @@ def test_a_pool_without_the_helper_scales_in_as_before() -> None:
 
 def test_a_lowering_first_opens_slots_and_keeps_every_running_worker() -> None:
     first = plan(2, 5, 5, DrainStatus(workers=5), NOW)
-    assert (first.desired, first.open, first.asked, first.lowering) == (5, 3, 3, False)
+    assert (first.desired, first.open, first.asked, first.lowering, first.pending) == (5, 3, 3, False, 3)
     # Two drained, one still finishing what it held: lower by the two, no slot for the third.
     status = DrainStatus(workers=5, active=True, open=0, draining=1, drained=2)
     second = plan(2, 5, 5, status, NOW)
     assert (second.desired, second.open, second.asked, second.drained, second.lowering) == (3, 0, 3, 2, True)
+    assert second.pending == 1, "the one still finishing: a follow-up tick can lower by it"
+    assert plan(2, 2, 2, DrainStatus(workers=2), NOW).pending == 0, "nothing to drain"
+    catching_up = DrainStatus(workers=3, active=True, drained=1, lowered_at=NOW)
+    assert plan(3, 3, 4, catching_up, NOW).pending == 0, "only ECS left to act: no follow-up"
+
+
+def test_a_regular_tick_that_leaves_workers_to_drain_gets_one_follow_up_for_those_pools() -> None:
+    schedule = TickSchedule(100.0, 15.0, ticks=2)
+    first = schedule.next()
+    assert first == Tick(100.0)
+    schedule.ran(first, 101.0, ("a",))
+    follow_up = schedule.next(longest_s=1.0)
+    assert follow_up == Tick(101.0 + FOLLOW_UP_S, ("a",))
+    schedule.ran(follow_up, 105.0, ("a",))
+    assert schedule.next(1.0) == Tick(115.0), "a follow-up gets no follow-up of its own"
+    schedule.ran(Tick(115.0), 116.0, ("a", "b"))
+    last = schedule.next(1.0)
+    assert last == Tick(116.0 + FOLLOW_UP_S, ("a", "b")), "after the last regular tick too; not one of the ticks"
+    schedule.ran(last, 120.0)
+    assert schedule.next(1.0) is None
+    quiet = TickSchedule(0.0, 15.0, ticks=2)
+    quiet.ran(Tick(0.0), 1.0)
+    assert quiet.next() == Tick(15.0), "nothing left to drain: no follow-up"
+
+
+def test_a_follow_up_never_delays_the_next_regular_tick() -> None:
+    schedule = TickSchedule(0.0, 15.0, ticks=4)
+    schedule.ran(schedule.next() or Tick(0.0), 11.0, ("a",))
+    assert schedule.next(longest_s=1.0) == Tick(14.0, ("a",))
+    assert schedule.next(longest_s=1.5) == Tick(15.0), "it would end after the regular tick: the regular one does it"
+    endless = TickSchedule(0.0, 15.0)
+    for _ in range(1000):
+        endless.ran(endless.next() or Tick(0.0), 0.0)
+    assert endless.next() == Tick(15_000.0), "without ticks (the demo) the schedule has no end"
 
 
 def test_pending_tasks_go_without_a_drain() -> None:
@@ -158,10 +196,11 @@ class Service:
         self.desired = count
 
 
-def pinned(count: int) -> ScalerConfig:
-    """The pool pinned to ``count`` workers (min = max), so the real policy decides ``count``."""
+def pinned(count: int, **others: dict[str, Any]) -> ScalerConfig:
+    """The pool pinned to ``count`` workers (min = max), so the real policy decides ``count``; and ``others``."""
     pool = {"service": "svc", "queues": ["q"], "min_workers": count, "max_workers": count}
-    return parse_config({"broker": {"url": redis_url_for(DB)}, "cluster": "c", "pools": {"default": pool}})
+    pools = {**others, "default": pool}
+    return parse_config({"broker": {"url": redis_url_for(DB)}, "cluster": "c", "pools": pools})
 
 
 def test_a_tick_asks_then_lowers_by_the_drained_and_says_so(redis_db: redis.Redis) -> None:
@@ -171,26 +210,37 @@ def test_a_tick_asks_then_lowers_by_the_drained_and_says_so(redis_db: redis.Redi
     drainer = RedisDrainer(config.broker, url=redis_url_for(DB))
     workers = [Worker(redis_db, f"w{i}@host") for i in range(5)]
 
-    def tick(config: ScalerConfig = config) -> PoolOutcome:
+    def ticked(config: ScalerConfig = config, follow_up: tuple[str, ...] | None = None) -> TickResult:
         telemetry = Telemetry("Test", stream=stream)
-        return run_tick(config, probe, service, store, time.time(), telemetry=telemetry, drainer=drainer).outcomes[0]
+        now = time.time()
+        return run_tick(config, probe, service, store, now, telemetry=telemetry, drainer=drainer, follow_up=follow_up)
+
+    def tick(config: ScalerConfig = config) -> PoolOutcome:
+        return ticked(config).outcomes[0]
 
     for w in workers:
         w.poll("look")
-    first = tick()
+    asked = ticked()
+    first = asked.outcomes[0]
     assert first.decision is not None
     assert first.decision.desired == 3, "the policy's decision is unchanged; the tick turns it into a drain"
     assert (service.desired, first.drained()) == (5, {"asked": 2, "drained": 0, "set": 5})
+    assert (asked.draining, first.drain_pending) == (("default",), 2), "a follow-up tick is due for the pool"
     assert [w.poll("claim")[1] for w in workers] == ["draining", "draining", "", "", ""]
     for w in workers[:2]:
         w.poll("drained")
-    second = tick()
+    # The follow-up, seconds later: for the draining pool only, a tick like any other, but no WorkerSeconds.
+    followed = ticked(pinned(3, other={"service": "svc2", "queues": ["q2"]}), follow_up=("default",))
+    assert [o.pool for o in followed.outcomes] == ["default"]
+    second = followed.outcomes[0]
     assert (service.desired, second.drained(), second.acted) == (3, {"asked": 2, "drained": 2, "set": 3}, True)
+    assert (second.follow_up, second.worker_seconds, first.worker_seconds is not None) == (True, None, True)
+    assert followed.draining == (), "every worker asked has drained"
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    logged = [line["drain"] for line in lines if line.get("message") == "pool tick"]
-    assert logged == [{"asked": 2, "drained": 0, "set": 5}, {"asked": 2, "drained": 2, "set": 3}]
-    metrics = [(line["DrainedWorkers"], line["DesiredCount"]) for line in lines if "DrainedWorkers" in line]
-    assert metrics == [(0, 5), (2, 3)]
+    logged = [(line["drain"], line["follow_up"]) for line in lines if line.get("message") == "pool tick"]
+    assert logged == [({"asked": 2, "drained": 0, "set": 5}, False), ({"asked": 2, "drained": 2, "set": 3}, True)]
+    metrics = [(m["DrainedWorkers"], m["DesiredCount"], "WorkerSeconds" in m) for m in lines if "DrainedWorkers" in m]
+    assert metrics == [(0, 5, True), (2, 3, False)]
 
     service.running = 3  # ECS stopped the two drained workers; they left the drain at SIGTERM
     for w in workers[:2]:

@@ -30,7 +30,9 @@ from waiting import wait_until
 from celery_autoscaler import handler
 from celery_autoscaler.aws import MAX_ATTEMPTS
 from celery_autoscaler.config import ConfigError
+from celery_autoscaler.drain import FOLLOW_UP_S
 from celery_autoscaler.handler import CONFIG_ENV, lambda_handler, run_invocation, runtime
+from celery_autoscaler.tick import PoolOutcome, TickResult
 
 DB = 5
 BROKER = redis_url_for(DB)
@@ -251,6 +253,41 @@ def test_ticks_are_spaced_and_stop_before_the_timeout(monkeypatch: pytest.Monkey
     # Ticks at 0, 15, 30; one at 45 would end after the 40 s deadline.
     assert started == [0.0, 15.0, 30.0]
     assert answer["ticks"] == 3
+
+
+@pytest.mark.usefixtures("aws")
+@pytest.mark.parametrize(("deadline", "expected"), [(70.0, [50.0]), (52.0, [])])
+def test_a_tick_that_asks_workers_to_drain_gets_a_follow_up_for_those_pools(
+    monkeypatch: pytest.MonkeyPatch, deadline: float, expected: list[float]
+) -> None:
+    """Seconds after a tick that left workers to drain, one more tick for that pool lowers by those that drained."""
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(config_doc(ticks_per_invocation=4, tick_interval_s=15)))
+    fake = FakeTime()
+    calls: list[tuple[float, tuple[str, ...] | None]] = []
+
+    def draining_run_tick(*args: Any, follow_up: tuple[str, ...] | None = None, **kwargs: Any) -> TickResult:
+        calls.append((fake.now, follow_up))
+        fake.now += 2.0  # every tick takes 2 s
+        regular = follow_up is None
+        pending = 2 if regular and len(calls) in (1, 5) else 0  # the first and the last regular tick ask to drain
+        outcome = PoolOutcome("default", "worker-default", None, None, acted=False, drain_pending=pending)
+        return TickResult(outcomes=(outcome,), now=fake.now)
+
+    monkeypatch.setattr(handler, "run_tick", draining_run_tick)
+    answer = run_invocation(
+        runtime(), {}, lambda: int((deadline - fake.now) * 1000), clock=lambda: fake.now, sleep=fake.sleep
+    )
+    # The follow-ups run 3 s after their tick ended and are not among the 4 ticks; the one after the
+    # last tick (at 50 s, ending at 52 s) only when it fits the time left with SAFETY_MARGIN_S to spare.
+    assert calls == [
+        (0.0, None),
+        (2.0 + FOLLOW_UP_S, ("default",)),
+        (15.0, None),
+        (30.0, None),
+        (45.0, None),
+        *[(at, ("default",)) for at in expected],
+    ]
+    assert (answer["ticks"], answer["follow_ups"]) == (5 + len(expected), 1 + len(expected))
 
 
 def test_a_failed_tick_is_logged_and_the_remaining_ticks_still_run(

@@ -3,9 +3,14 @@
 The policy stays pure and says "k fewer". :func:`plan` (pure) decides what the tick sets instead:
 never fewer than the running workers that have not drained, because those are protected and ECS
 could otherwise only wait for one to become unprotected (the scale-in race). So ECS stops pending
-tasks and drained workers only, and slots stay open for the drains still wanted; the next tick
-lowers by those that drained. The drain ends once the decision no longer lowers and ECS has
-caught up (or ``MAX_CATCH_UP_S`` after the last lowering).
+tasks and drained workers only, and slots stay open for the drains still wanted; the follow-up
+tick seconds later (or the next tick) lowers by those that drained. The drain ends once the
+decision no longer lowers and ECS has caught up (or ``MAX_CATCH_UP_S`` after the last lowering).
+
+:class:`TickSchedule` is when ticks run, for the Lambda handler, the local demo and the simulator
+alike: regular ticks ``tick_interval_s`` apart, and after a regular tick that asked workers to drain,
+one follow-up tick ``FOLLOW_UP_S`` later for those pools only, which lowers by the workers drained
+by then instead of a whole tick later.
 
 A :class:`Drainer` reads and writes the pool's drain keys on the broker; the probe only reads.
 One factory picks it per broker scheme: Redis (:class:`RedisDrainer`) and RabbitMQ
@@ -42,6 +47,11 @@ START_GRACE_S = 120.0
 """How long a drain waits for workers ECS runs but that have not polled yet (still starting) before lowering."""
 
 
+FOLLOW_UP_S = 3.0
+"""How long after a tick that asked workers to drain its follow-up runs: an idle worker polls once a
+second, so it claims a slot within a second and reports drained about a poll later."""
+
+
 class DrainError(Exception):
     """The drain keys could not be read or written; the pool scales in as without the handshake."""
 
@@ -76,6 +86,11 @@ class DrainPlan:
         """The handshake is in use this tick (a drain exists after it)."""
         return self.open is not None
 
+    @property
+    def pending(self) -> int:
+        """Workers asked to drain that have not drained yet: a follow-up tick can lower by them."""
+        return max(0, self.asked - self.drained)
+
 
 def plan(wanted: int, current: int, running: int, status: DrainStatus | None, now: float) -> DrainPlan:
     """The count to set and the slots to keep open, for the policy's ``wanted`` (pure)."""
@@ -101,6 +116,53 @@ def plan(wanted: int, current: int, running: int, status: DrainStatus | None, no
         drained=status.drained,
         lowering=desired < current,
     )
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One tick of a :class:`TickSchedule`: when, and the pools it is for (``None``: every pool, a regular tick)."""
+
+    at: float
+    follow_up: tuple[str, ...] | None = None
+
+
+@dataclass
+class TickSchedule:
+    """When a run of the scaler ticks (pure; the caller sleeps, ticks and reports back with :meth:`ran`).
+
+    Regular ticks are ``interval_s`` apart from ``started``: ``ticks`` of them (a Lambda invocation's
+    ``ticks_per_invocation``), or without end (``None``: the local demo). A regular tick that leaves
+    workers asked to drain (slots open, or claimed and still finishing) gets one follow-up tick for
+    those pools, ``FOLLOW_UP_S`` after it ended; a follow-up never counts as one of the ``ticks`` and
+    gets no follow-up of its own. It is skipped when it would not end, by the longest tick so far,
+    before the next regular tick, which then does its work.
+    """
+
+    started: float
+    interval_s: float
+    ticks: int | None = None
+    regular: int = 0
+    """Regular ticks run so far."""
+    follow_up: Tick | None = None
+
+    def next(self, longest_s: float = 0.0) -> Tick | None:
+        """The next tick, or ``None`` once the last regular tick and its follow-up (if any) have run."""
+        due = (
+            None
+            if self.ticks is not None and self.regular >= self.ticks
+            else self.started + self.regular * self.interval_s
+        )
+        if self.follow_up is not None and (due is None or self.follow_up.at + longest_s <= due):
+            return self.follow_up
+        return None if due is None else Tick(due)
+
+    def ran(self, tick: Tick, ended: float, draining: Sequence[str] = ()) -> None:
+        """``tick`` ended at ``ended``, leaving the pools ``draining`` with workers asked to drain."""
+        self.follow_up = None
+        if tick.follow_up is None:
+            self.regular += 1
+            if draining:
+                self.follow_up = Tick(ended + FOLLOW_UP_S, tuple(draining))
 
 
 class Drainer(Protocol):

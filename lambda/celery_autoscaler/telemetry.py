@@ -137,6 +137,7 @@ class Telemetry:
             "unreadable_queues": {name: q.error for name, q in outcome.queues.items() if q.error is not None},
             "paused": outcome.paused(),
             "drain": outcome.drained(),
+            "follow_up": outcome.follow_up,
             "pinned_at_max": decision is not None and decision.wanted is not None,
             "worker_seconds": outcome.worker_seconds,
             "estimated_cost_usd": outcome.cost_usd,

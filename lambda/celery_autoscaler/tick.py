@@ -16,6 +16,8 @@ Safety rules kept here (the policy keeps the rest):
 - with a drainer (Redis, RabbitMQ) and a pool whose workers run the helper, a lower count goes through fence
   and drain (:mod:`celery_autoscaler.drain`): the tick never sets fewer than the running workers
   that have not drained; drain keys that cannot be read or written give today's scale-in, reported;
+- a follow-up tick (:class:`celery_autoscaler.drain.TickSchedule`) is a tick like any other, for the
+  pools it names only, and counts no WorkerSeconds (the regular ticks count every second);
 - UpdateService only when the desired count differs, and never in dry-run;
 - a pool an operator paused (its state item holds the pause, see pause.py) keeps its count, or gets
   exactly the pause's count, instead of the policy's; an expired pause lapses here and is forgotten
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -117,6 +119,10 @@ class PoolOutcome:
     drain: DrainPlan | None = None
     worker_seconds: float | None = None
     cost_usd: float | None = None
+    follow_up: bool = False
+    """This tick was a follow-up (:class:`celery_autoscaler.drain.TickSchedule`)."""
+    drain_pending: int = 0
+    """Workers asked on the broker to drain that had not drained yet: a follow-up tick is due."""
 
     def with_problem(self, problem: Problem | None) -> PoolOutcome:
         """This outcome with ``problem`` added to its error, faults and traceback."""
@@ -159,6 +165,7 @@ class PoolOutcome:
             "pinned_at_max": self.decision is not None and self.decision.wanted is not None,
             "worker_seconds": self.worker_seconds,
             "estimated_cost_usd": self.cost_usd,
+            "follow_up": self.follow_up,
         }
 
     def drained(self) -> dict[str, int] | None:
@@ -186,6 +193,11 @@ class TickResult:
     @property
     def actions(self) -> int:
         return sum(1 for o in self.outcomes if o.acted)
+
+    @property
+    def draining(self) -> tuple[str, ...]:
+        """The pools with workers asked to drain that have not drained yet (a follow-up tick is due for them)."""
+        return tuple(o.pool for o in self.outcomes if o.drain_pending > 0)
 
 
 @dataclass(frozen=True)
@@ -348,13 +360,14 @@ def _pool_tick(
     now: float,
     dry_run: bool,
     drainer: Drainer | None = None,
+    follow_up: bool = False,
 ) -> PoolOutcome:
     broker = readings.broker
     stored = readings.states[pool.name]
     queues = {q: broker.queues[q] for q in pool.queues} if broker is not None else {}
     pause = _active_pause(stored, now)
     base = (
-        PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues, pause=pause)
+        PoolOutcome(pool.name, pool.service, None, None, acted=False, queues=queues, pause=pause, follow_up=follow_up)
         .with_problem(readings.broker_problem)
         .with_problem(readings.state_problem)
     )
@@ -371,12 +384,14 @@ def _pool_tick(
 
     load = pool_load(pool.queues, broker) if broker is not None else None
     measurements = PoolMeasurements(current_desired=status.desired, running=status.running, load=load)
-    worker_seconds = status.running * config.tick_interval_s  # the running tasks, until the next tick
-    task_hour_usd = config.prices.task_hour_usd(pool.cpu, pool.memory, pool.architecture, pool.spot_weight)
     unreadable = "; ".join(f"queue {q!r} unreadable: {e}" for q, e in load.unreadable.items()) if load else ""
-    base = replace(
-        base, measurements=measurements, worker_seconds=worker_seconds, cost_usd=worker_seconds / 3600 * task_hour_usd
-    ).with_problem(Problem(unreadable, Fault.QUEUE) if unreadable else None)
+    base = replace(base, measurements=measurements).with_problem(
+        Problem(unreadable, Fault.QUEUE) if unreadable else None
+    )
+    if not follow_up:  # the running tasks, until the next regular tick
+        worker_seconds = status.running * config.tick_interval_s
+        task_hour_usd = config.prices.task_hour_usd(pool.cpu, pool.memory, pool.architecture, pool.spot_weight)
+        base = replace(base, worker_seconds=worker_seconds, cost_usd=worker_seconds / 3600 * task_hour_usd)
     if isinstance(trusted, Problem):
         return _hold_untrusted(base, trusted, stored, store, status, now)
 
@@ -414,6 +429,7 @@ def _pool_tick(
             drainer.apply(pool.name, outcome.drain, now)
         except DrainError as exc:
             return outcome.with_problem(Problem(str(exc), Fault.BROKER))
+        outcome = replace(outcome, drain_pending=outcome.drain.pending if outcome.drain.drains else 0)
     return outcome
 
 
@@ -427,23 +443,27 @@ def run_tick(
     dry_run: bool = False,
     telemetry: Telemetry | None = None,
     drainer: Drainer | None = None,
+    follow_up: Collection[str] | None = None,
 ) -> TickResult:
-    """Measure, decide and act once for every pool; see the module docstring for the safety rules."""
-    statuses, describe_problem = _describe(actuator, [pool.service for pool in config.pools])
-    broker, broker_problem = _measure(probe, config.queues, now)
-    states, state_problem = _load(store, [pool.name for pool in config.pools])
-    drains, drain_problem = _drains(drainer, [pool.name for pool in config.pools])
+    """Measure, decide and act once for every pool (a follow-up tick: for the pools ``follow_up`` names);
+    see the module docstring for the safety rules."""
+    pools = [p for p in config.pools if follow_up is None or p.name in follow_up]
+    names = [pool.name for pool in pools]
+    statuses, describe_problem = _describe(actuator, [pool.service for pool in pools])
+    broker, broker_problem = _measure(probe, [q for pool in pools for q in pool.queues], now)
+    states, state_problem = _load(store, names)
+    drains, drain_problem = _drains(drainer, names)
     readings = _Readings(
         statuses, describe_problem, broker, broker_problem, states, state_problem, drains, drain_problem
     )
     outcomes: list[PoolOutcome] = []
-    for pool in config.pools:
+    for pool in pools:
         try:
-            outcome = _pool_tick(pool, config, readings, store, actuator, now, dry_run, drainer)
+            outcome = _pool_tick(pool, config, readings, store, actuator, now, dry_run, drainer, follow_up is not None)
         except Exception as exc:  # a bug while handling this pool: reported on it; the others still act
-            outcome = PoolOutcome(pool.name, pool.service, None, None, acted=False).with_problem(
-                Problem.bug(f"pool {pool.name!r}", exc)
-            )
+            outcome = PoolOutcome(
+                pool.name, pool.service, None, None, acted=False, follow_up=follow_up is not None
+            ).with_problem(Problem.bug(f"pool {pool.name!r}", exc))
         outcomes.append(outcome)
     if telemetry is not None:  # after every pool acted, so a failure to write stops no pool
         for outcome in outcomes:

@@ -29,6 +29,7 @@ import boto3
 import redis
 
 from celery_autoscaler.config import ScalerConfig, parse_config
+from celery_autoscaler.drain import Drainer, TickSchedule, drainer_for
 from celery_autoscaler.ecs import EcsActuator, ServiceStatus
 from celery_autoscaler.probe import Probe, probe_for
 from celery_autoscaler.secrets import broker_url
@@ -251,6 +252,7 @@ def run(
     )
     actuator = DemoActuator(EcsActuator(config.cluster, ecs), runner, {s: p for p, s in pools.items()})
     probe = probe_for(config.broker, url)
+    drainer = drainer_for(config.broker, url)  # fence and drain, as the Lambda (none on RabbitMQ)
     store = DynamoStateStore(config.state_table or "", boto3.client("dynamodb"))
     scaler_log = (out / "scaler.jsonl").open("w")  # the scaler's own JSON lines, as CloudWatch would get them
     telemetry = Telemetry(config.metrics_namespace, stream=scaler_log)
@@ -274,14 +276,15 @@ def run(
     )
     runner.start()
     load.start()
-    next_tick = time.monotonic()
+    schedule = TickSchedule(time.monotonic(), config.tick_interval_s)  # the Lambda's ticks and follow-ups, without end
     settle_deadline: float | None = None
     try:
         with view:
             while True:
-                if time.monotonic() >= next_tick:
-                    next_tick += config.tick_interval_s
-                    tick(config, probe, actuator, store, telemetry, events, view)
+                due = schedule.next()
+                if due is not None and time.monotonic() >= due.at:
+                    draining = tick(config, probe, drainer, actuator, store, telemetry, events, view, due.follow_up)
+                    schedule.ran(due, time.monotonic(), draining)
                 view.phase, view.sent = load.phase, load.sent
                 view.completed = int(results.hlen(DONE_KEY))
                 views = runner.snapshot()
@@ -307,22 +310,38 @@ def run(
 def tick(
     config: ScalerConfig,
     probe: Probe,
+    drainer: Drainer | None,
     actuator: DemoActuator,
     store: DynamoStateStore,
     telemetry: Telemetry,
     events: EventLog,
     view: LiveView,
-) -> None:
-    """One scaler tick, exactly as the Lambda runs it; every pool's outcome goes to the event log."""
+    follow_up: tuple[str, ...] | None,
+) -> tuple[str, ...]:
+    """One scaler tick, exactly as the Lambda runs it; every pool's outcome goes to the event log.
+
+    Returns the pools with workers still to drain (the schedule's follow-up is for them).
+    """
     try:
-        result = run_tick(config, probe, actuator, store, time.time(), dry_run=config.dry_run, telemetry=telemetry)
+        result = run_tick(
+            config,
+            probe,
+            actuator,
+            store,
+            time.time(),
+            dry_run=config.dry_run,
+            telemetry=telemetry,
+            drainer=drainer,
+            follow_up=follow_up,
+        )
     except Exception as exc:  # a failed tick is a scaler error to count, not a crash
         events.emit("tick_failed", error=repr(exc))
-        return
+        return ()
     outcomes = [o.as_dict() for o in result.outcomes]
     for outcome in outcomes:
         events.emit("tick", **outcome)
     view.tick(outcomes)
+    return result.draining
 
 
 def main(argv: list[str] | None = None) -> int:

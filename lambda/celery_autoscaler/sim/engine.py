@@ -29,11 +29,15 @@ What is modelled, and why it matters to the numbers:
   workers not drained (so ECS can only stop pending and drained workers), with as many slots open
   as the decision still wants gone; the drain is over once the decision no longer lowers and ECS
   has stopped what was lowered (a drained worker still up then consumes again).
-- The scaler is invoked every minute with jitter and runs ``ticks_per_invocation`` ticks inside it;
-  comparison policies run on their own fixed period instead.
+- The scaler is invoked every minute with jitter and ticks as the Lambda handler does, by the same
+  :class:`celery_autoscaler.drain.TickSchedule`: ``ticks_per_invocation`` ticks, and a follow-up
+  tick ``FOLLOW_UP_S`` after any of them that left workers asked to drain (ticks take no time here,
+  and the follow-up after an invocation's last tick always fits its time); comparison policies run
+  on their own fixed period instead.
 
 Hot paths use plain lists of floats and ints (no per-task objects) and one heap of
-``(time, kind, worker)`` tuples; arrivals and scaler ticks are pre-sorted streams beside the heap.
+``(time, kind, worker)`` tuples; arrivals (a pre-sorted stream) and the scaler's ticks (its
+schedule) come beside the heap.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from celery_autoscaler.config import PoolConfig
-from celery_autoscaler.drain import DrainStatus, plan
+from celery_autoscaler.drain import DrainStatus, Tick, TickSchedule, plan
 from celery_autoscaler.measurements import PoolLoad, PoolMeasurements
 
 # us-east-1 Linux Fargate list prices per hour: (per vCPU, per GB of memory). Spot is about 70 % off x86.
@@ -163,21 +168,18 @@ class RunResult:
     """The most workers up (ready or draining) at once."""
 
 
-def tick_times(policy: SimPolicy, settings: SimSettings, horizon_s: float, rng: random.Random) -> list[float]:
-    """When the policy is evaluated: the Lambda schedule with jitter, or a fixed period with a random phase."""
-    times: list[float] = []
-    if policy.interval_s is None:
-        start = 0.0
-        while start < horizon_s:
-            first = start + rng.uniform(0.0, settings.invocation_jitter_s)
-            times.extend(first + j * settings.tick_interval_s for j in range(settings.ticks_per_invocation))
-            start += settings.invocation_period_s
-    else:
-        t = rng.uniform(0.0, policy.interval_s)
-        while t < horizon_s:
-            times.append(t)
-            t += policy.interval_s
-    return [t for t in times if t < horizon_s]
+def schedules(policy: SimPolicy, settings: SimSettings, horizon_s: float, rng: random.Random) -> Iterator[TickSchedule]:
+    """When the policy is evaluated: the scaler as the Lambda handler ticks (one schedule per invocation,
+    every ``invocation_period_s`` with jitter, ``ticks_per_invocation`` ticks and their follow-ups), or a
+    comparison policy every ``interval_s`` from a random phase."""
+    if policy.interval_s is not None:
+        yield TickSchedule(rng.uniform(0.0, policy.interval_s), policy.interval_s)
+        return
+    start = 0.0
+    while start < horizon_s:
+        first = start + rng.uniform(0.0, settings.invocation_jitter_s)
+        yield TickSchedule(first, settings.tick_interval_s, settings.ticks_per_invocation)
+        start += settings.invocation_period_s
 
 
 def run_pool(
@@ -205,8 +207,9 @@ def run_pool(
     drain_idle = settings.drain_idle_s
     delay_rng = random.Random(f"{seed}:start-delay")
     victim_rng = random.Random(f"{seed}:victims")
-    ticks = tick_times(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}"))
-    ticks.append(_INF)
+    plans = schedules(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}"))
+    schedule: TickSchedule | None = next(plans, None)
+    tick: Tick | None = schedule.next() if schedule is not None else None
 
     waits = [-1.0] * n
     heap: list[tuple[float, int, int]] = []
@@ -374,8 +377,9 @@ def run_pool(
                     refill(w, t)
         feed(t)
 
-    def drain_tick(wanted: int, t: float) -> int:
-        """What the tick sets with the handshake: the scaler's own :func:`celery_autoscaler.drain.plan`."""
+    def drain_tick(wanted: int, t: float) -> tuple[int, bool]:
+        """What the tick sets with the handshake (the scaler's own :func:`celery_autoscaler.drain.plan`),
+        and whether workers asked to drain have not drained yet (the handler's follow-up tick is then due)."""
         nonlocal drain_open
         drained = sum(1 for w in alive if w_drain[w] == _DRAINED)
         # Every running worker polls (a simulated worker consumes and polls from the moment it is ready).
@@ -389,7 +393,7 @@ def run_pool(
             for w in alive if step.open else ():  # every idle worker sees open slots at its next poll
                 if w_state[w] == _READY and w_drain[w] == _CONSUMING:
                     poll_soon(w, t)
-        return step.desired
+        return step.desired, step.drains and step.pending > 0
 
     def reconcile(t: float) -> None:
         """The ECS service scheduler: start or stop tasks until the live count meets the desired count."""
@@ -431,9 +435,8 @@ def run_pool(
         push(heap, (0.0, _SAMPLE, 0))
 
     i = 0
-    k = 0
     ta = enqueue_s[0] if n else _INF
-    tk = ticks[0]
+    tk = tick.at if tick is not None else _INF
     while True:
         th = heap[0][0] if heap else _INF
         if ta <= th and ta <= tk:
@@ -510,10 +513,8 @@ def run_pool(
                 push(heap, (t + 60.0, _SAMPLE, 0))
         else:
             t = tk
-            if t >= horizon_s:
+            if t >= horizon_s or schedule is None or tick is None:
                 break
-            k += 1
-            tk = ticks[k]
             in_flight = n_reserved + n_running if sees_running else n_reserved
             age_at = None if settings.age_lag_s is None else t - settings.age_lag_s
             load = PoolLoad(
@@ -528,14 +529,21 @@ def run_pool(
                 run_seconds=run_total if counters else None,
             )
             wanted, state = policy(PoolMeasurements(current_desired=desired, running=n_up, load=load), state, t)
+            pending_drain = False
             if drains:
-                wanted = drain_tick(wanted, t)
+                wanted, pending_drain = drain_tick(wanted, t)
             if wanted != desired:
                 actions += 1
                 desired = wanted
                 reconcile(t)
             elif blocked:
                 reconcile(t)
+            schedule.ran(tick, t, (pool.name,) if pending_drain else ())
+            tick = schedule.next()
+            while tick is None and schedule is not None:
+                schedule = next(plans, None)
+                tick = schedule.next() if schedule is not None else None
+            tk = tick.at if tick is not None else _INF
 
     area += pending * (horizon_s - last_t)
     for j in range(n):
