@@ -43,9 +43,10 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 def _changes(events: list[dict[str, Any]], pool: str) -> list[tuple[float, int, int]]:
-    """Every desired count the scaler set for ``pool``: (t, before, after)."""
+    """Every desired count the scaler set for ``pool``: (t, before, after); with fence and drain the
+    count set is the drain's (``drain.set``), not the policy's ``desired``."""
     return [
-        (e["t"], e["current_desired"], e["desired"])
+        (e["t"], e["current_desired"], e["drain"]["set"] if e["drain"] else e["desired"])
         for e in events
         if e["kind"] == "tick" and e["pool"] == pool and e["acted"]
     ]
