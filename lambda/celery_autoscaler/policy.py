@@ -18,7 +18,7 @@ The rule, per pool (c = concurrency x target_utilisation slots per worker):
            wait_target_s W: the fewest K that keep a task's projected wait under W until a
            correction asked for now could run (H = D), the queue changing by R' - K a second with a
            spread of one standard deviation (R' from the median arrival rate):
-           K = max(work / max(drain_time_s, W - A), (work + R' H + sqrt(2 R' s H)) / (W + H)),
+           K = max(work / max(drain_time_s, W - D), (work + R' H + sqrt(2 R' s H)) / (W + H)),
            below R when the wait budget allows a queue; if W < s (waits from coincidences, not from
            a queue), at least Erlang C's fewest N with C(N, R) x exp(-(N - R) W / s) <= 0.05
   need     slots / c workers; without a run time yet: (waiting + in-flight) /
@@ -211,7 +211,7 @@ def _need(
         slots = base + work / pool.drain_time_s
         terms = f"over {pool.drain_time_s:g} s; ({base:.1f} + {work / pool.drain_time_s:.1f})"
     else:
-        slots, terms = _wait_slots(pool.wait_target_s, work, arrives_in, run_s, estimates, pool, offered)
+        slots, terms = _wait_slots(pool.wait_target_s, work, run_s, estimates, pool, offered)
         base = slots
     need = slots / per_worker
     text = (
@@ -237,7 +237,6 @@ def _slots_held(estimates: Estimates, in_flight: int, run_s: float) -> bool:
 def _wait_slots(
     wait_s: float,
     work: float,
-    arrives_in: float,
     run_s: float,
     estimates: Estimates,
     pool: PoolConfig,
@@ -250,14 +249,14 @@ def _wait_slots(
     second plus a spread of one standard deviation of the work arriving in H (Poisson arrivals, run
     times of coefficient of variation 1: sqrt(2 R s H)). A task waits the queue ahead over K, so
     K >= (work + R H + spread) / (W + H) keeps the last arrival of the horizon under W, and
-    K >= work / max(drain_time_s, W - A) lets the backlog's tasks, already waiting A, drain in time.
+    K >= work / max(drain_time_s, W - D) lets the backlog's tasks, which wait a start for it, drain in time.
     R here is the median rate (a minute ahead it predicts better than the quick one). A target
     shorter than a run time is waits from coincidences, not from a queue: then also Erlang C's.
     """
     steady = (estimates.median_rate or 0.0) * run_s
     horizon_s = estimates.start_delay_s
     spread = BETA * math.sqrt(2.0 * steady * run_s * horizon_s)
-    drain_s = max(pool.drain_time_s, wait_s - arrives_in)
+    drain_s = max(pool.drain_time_s, wait_s - estimates.start_delay_s)
     slots = max(work / drain_s, (work + steady * horizon_s + spread) / (wait_s + horizon_s))
     terms = (
         f"for wait {wait_s:g} s over H {horizon_s:.0f} s: max({work:.0f} / {drain_s:.0f} s, "
