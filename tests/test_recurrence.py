@@ -78,7 +78,8 @@ def test_a_prediction_that_stops_coming_true_is_dropped_within_max_misses(
     expected_times = [last + k * period for k in range(1, max_misses + 2)]
     raised_for = {min(expected_times, key=lambda e: abs(e - t)) for t, f in floors if f and t > last + 60}
     assert len(raised_for) <= max_misses
-    dropped_by = last + max_misses * period + tolerance(period)
+    # Onsets are kept to 0.1 s (round(now - ago, 1)): the expected time may be up to 0.05 s later than `last`'s.
+    dropped_by = last + max_misses * period + tolerance(period) + 0.05
     assert all(f == 0 for t, f in floors if t > dropped_by)
     assert not [c for c in state.candidates if c.hits >= 3]
 
