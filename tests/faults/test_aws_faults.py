@@ -419,7 +419,9 @@ def test_a_corrupt_state_item_holds_its_pool_and_heals(rig: Rig, case: str) -> N
     healed = rig.scaler.store.load(["b"])["b"]
     assert isinstance(healed, PoolState)
     assert healed.recommendations == ((now, START["b"]),)
-    # qb is still empty: a fresh state would scale b in now; the seeded window keeps 2 for 30 s.
+    # One task waits on qb (nothing waiting would be a burst's end, which drops at once): a fresh state
+    # would scale b in now; the seeded window keeps 2 for 30 s.
+    publish(redis_url_for(DB), 1, "qb")
     later = rig.tick(now=now + 10)
     assert later.logs["b"]["error"] is None
     assert later.logs["b"]["reason"].startswith("steady")
