@@ -16,7 +16,7 @@ from celery_autoscaler.measurements import PoolMeasurements
 from celery_autoscaler.sim import BUILTIN, ServiceModel, SimSettings, builtin, read_csv, simulate, write_csv
 from celery_autoscaler.sim.baselines import ScalerPolicy, Static
 from celery_autoscaler.sim.command import PROBE_VIEWS, main
-from celery_autoscaler.sim.engine import run_pool
+from celery_autoscaler.sim.engine import RunResult, run_pool
 from celery_autoscaler.sim.simulate import DEFAULT_POOL
 from celery_autoscaler.sim.traces import poisson
 
@@ -115,17 +115,27 @@ def test_scale_in_kills_long_tasks_only_without_protection() -> None:
     assert killed[False] > 0
 
 
+def without_and_with_drain(name: str) -> dict[bool, RunResult]:
+    """Three hours of a built-in trace, our policy with the defaults, without and with fence and drain."""
+    trace = builtin(name, hours=3, seed=1)
+    return {
+        drain: run_pool(
+            trace.enqueue_s,
+            trace.service_s,
+            ScalerPolicy(DEFAULT_POOL),
+            DEFAULT_POOL,
+            SimSettings(drain=drain),
+            1,
+            trace.horizon_s,
+        )
+        for drain in (False, True)
+    }
+
+
 @pytest.mark.parametrize("name", ["steady-long", "diurnal-long"])
 def test_fence_and_drain_closes_the_scale_in_race(name: str) -> None:
     """ECS stops only drained workers: the tasks a stopping worker took in the race are no longer killed."""
-    trace = builtin(name, hours=3, seed=1)
-    outcome = {}
-    for drain in (False, True):
-        settings = SimSettings(drain=drain)
-        run = run_pool(
-            trace.enqueue_s, trace.service_s, ScalerPolicy(DEFAULT_POOL), DEFAULT_POOL, settings, 1, trace.horizon_s
-        )
-        outcome[drain] = run
+    outcome = without_and_with_drain(name)
     assert outcome[False].tasks_killed > 0
     assert outcome[True].tasks_killed == 0
     assert outcome[True].worker_seconds <= outcome[False].worker_seconds * 1.03
@@ -135,15 +145,8 @@ def test_fence_and_drain_closes_the_scale_in_race(name: str) -> None:
 def test_fence_and_drain_costs_little_after_bursts(name: str) -> None:
     """The handler's follow-up tick lowers seconds after the workers drained, not a tick later
     (without it these traces billed 9-10 % more with the handshake than without)."""
-    trace = builtin(name, hours=3, seed=1)
-    seconds = {}
-    for drain in (False, True):
-        settings = SimSettings(drain=drain)
-        run = run_pool(
-            trace.enqueue_s, trace.service_s, ScalerPolicy(DEFAULT_POOL), DEFAULT_POOL, settings, 1, trace.horizon_s
-        )
-        seconds[drain] = run.worker_seconds
-    assert seconds[True] <= seconds[False] * 1.03
+    outcome = without_and_with_drain(name)
+    assert outcome[True].worker_seconds <= outcome[False].worker_seconds * 1.03
 
 
 def test_unknown_trace_or_policy_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
