@@ -381,6 +381,39 @@ def test_worked_example_of_the_readme() -> None:
     assert budget.desired == 2
 
 
+def test_a_wait_target_adds_the_slots_long_tasks_hold_to_what_drains_the_backlog() -> None:
+    """A burst's long tasks fill every slot and hardly finish: with a wait target those slots serve no
+    backlog, so they come on top of the slots that drain it (cron-long missed its target without this)."""
+    pool = replace(POOL, concurrency=2, max_workers=100, wait_target_s=275.0, start_delay_s=55.0)
+    estimator = EstimatorState(
+        at=985.0,
+        completed=1000,
+        run_seconds=8500.0,
+        backlog=560,
+        waiting=500,
+        rates=tuple((985.0 - 15 * i, 0.12) for i in range(7)),
+        run_sum=85.0,
+        count_sum=10.0,
+    )
+
+    def tick(finished: int) -> Decision:
+        load = PoolLoad(500, 60, 60, 120.0, 1000.0, completed=1000 + finished, run_seconds=8500.0 + 8.5 * finished)
+        return decide(
+            PoolMeasurements(current_desired=30, running=30, load=load), pool, PoolState(estimator=estimator), 1000.0
+        )
+
+    # 2 of 60 busy slots turned over in 15 s: held = 60 - sqrt(60) - 2 = 50.25 slots, 49.2 beyond R' = 0.12 x 8.5;
+    # work = 500 x 8.5 + (50.25 - 60) x 55 = 3714 slot-s over 275 - 55 s = 16.9 slots; 66.1 / 2 -> 34 workers.
+    stuck = tick(finished=2)
+    assert "49.2 held + max(3714 / 220 s" in stuck.reason
+    assert stuck.desired == 34
+    # The same slots turning over at the run time's pace are short tasks draining the backlog: nothing on top,
+    # 16.9 slots fit in the 30 workers the in-flight tasks occupy.
+    turning = tick(finished=120)
+    assert "0.0 held + max(" in turning.reason
+    assert turning.desired == 30
+
+
 def test_erlang_c_slots_matches_the_textbook() -> None:
     # M/M/c with offered load 4: c = 5 waits with probability 0.554, c = 6 with 0.285 (Erlang C tables).
     assert erlang_c_slots(4.0, 1.0, 0.0, quantile=1 - 0.56) == 5

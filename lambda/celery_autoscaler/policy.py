@@ -18,8 +18,10 @@ The rule, per pool (c = concurrency x target_utilisation slots per worker):
            wait_target_s W: the fewest K that keep a task's projected wait under W until a
            correction asked for now could run (H = D), the queue changing by R' - K a second with a
            spread of one standard deviation (R' from the median arrival rate):
-           K = max(work / max(drain_time_s, W - D), (work + R' H + sqrt(2 R' s H)) / (W + H)),
-           below R when the wait budget allows a queue; if W < s (waits from coincidences, not from
+           K = L + max(work / max(drain_time_s, W - D), (work + R' H + sqrt(2 R' s H)) / (W + H)),
+           where L is what the long-task floor above finds beyond R' (slots long tasks hold serve
+           no backlog; 0 without the floor); K is below R when the wait budget allows a queue;
+           if W < s (waits from coincidences, not from
            a queue), at least Erlang C's fewest N with C(N, R) x exp(-(N - R) W / s) <= 0.05
   need     slots / c workers; without a run time yet: (waiting + in-flight) /
            tasks_per_worker, as before (one slot per task), but no more than current while
@@ -185,6 +187,7 @@ def _need(
         return need, text
     rate = estimates.arrival_rate
     offered = rate * run_s if rate is not None else 0.0
+    held = 0.0
     if estimates.source != "counters" or rate is None:
         offered = max(offered, float(in_flight))  # without counters, busy slots are the load we know
     elif (
@@ -195,7 +198,8 @@ def _need(
         # Every slot busy with a queue behind, and the busy slots do not turn over: long tasks still
         # running are load the completions' run time does not show yet. Less a noise margin, so a
         # steady pool's busy moments do not count.
-        offered = max(offered, in_flight - math.sqrt(in_flight) - pool.concurrency)
+        held = in_flight - math.sqrt(in_flight) - pool.concurrency
+        offered = max(offered, held)
     # Until the capacity asked for arrives (the start delay; for workers already starting, what is left
     # of it), the running workers' spare slots drain the backlog and a shortfall adds to it. Asking
     # again while they start projects to the same moment, so that growth is not sized twice.
@@ -211,7 +215,7 @@ def _need(
         slots = base + work / pool.drain_time_s
         terms = f"over {pool.drain_time_s:g} s; ({base:.1f} + {work / pool.drain_time_s:.1f})"
     else:
-        slots, terms = _wait_slots(pool.wait_target_s, work, run_s, estimates, pool, offered)
+        slots, terms = _wait_slots(pool.wait_target_s, work, run_s, estimates, pool, offered, held)
         base = slots
     need = slots / per_worker
     text = (
@@ -241,6 +245,7 @@ def _wait_slots(
     estimates: Estimates,
     pool: PoolConfig,
     offered: float,
+    held: float,
 ) -> tuple[float, str]:
     """Slots for a wait target W: the fewest K whose projected queue keeps the wait under W over the
     horizon H = D (how long until a correction asked for now runs).
@@ -250,16 +255,19 @@ def _wait_slots(
     times of coefficient of variation 1: sqrt(2 R s H)). A task waits the queue ahead over K, so
     K >= (work + R H + spread) / (W + H) keeps the last arrival of the horizon under W, and
     K >= work / max(drain_time_s, W - D) lets the backlog's tasks, which wait a start for it, drain in time.
-    R here is the median rate (a minute ahead it predicts better than the quick one). A target
+    R here is the median rate (a minute ahead it predicts better than the quick one). Slots that
+    long tasks hold (``held``, the long-task floor) beyond R serve none of that, so they come on top:
+    without them a burst's long tasks fill the fleet and its backlog waits a run time. A target
     shorter than a run time is waits from coincidences, not from a queue: then also Erlang C's.
     """
     steady = (estimates.median_rate or 0.0) * run_s
     horizon_s = estimates.start_delay_s
     spread = BETA * math.sqrt(2.0 * steady * run_s * horizon_s)
     drain_s = max(pool.drain_time_s, wait_s - estimates.start_delay_s)
-    slots = max(work / drain_s, (work + steady * horizon_s + spread) / (wait_s + horizon_s))
+    long_held = max(0.0, held - steady)
+    slots = long_held + max(work / drain_s, (work + steady * horizon_s + spread) / (wait_s + horizon_s))
     terms = (
-        f"for wait {wait_s:g} s over H {horizon_s:.0f} s: max({work:.0f} / {drain_s:.0f} s, "
+        f"for wait {wait_s:g} s over H {horizon_s:.0f} s: {long_held:.1f} held + max({work:.0f} / {drain_s:.0f} s, "
         f"({work:.0f} + {steady:.1f} x {horizon_s:.0f} + {spread:.0f}) / ({wait_s:g} + {horizon_s:.0f})) = {slots:.1f}"
     )
     if wait_s < run_s:
