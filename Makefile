@@ -26,6 +26,9 @@ endif
 
 QUICK ?=
 PYTEST_ARGS ?=
+# pytest processes for `make test` (pytest-xdist): most tests wait on workers, brokers and terraform,
+# not on the CPU, so three share two cores well. TEST_PROCESSES=0 runs everything in this one process.
+TEST_PROCESSES ?= 3
 
 .PHONY: help
 help: ## List the targets
@@ -57,7 +60,7 @@ lint: venv ## ruff and mypy (strict on the package)
 
 .PHONY: test
 test: venv services lint ## Everything CI runs: lint, types, pytest (private Redis and RabbitMQ, Celery, terraform, moto)
-	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra -n $(TEST_PROCESSES) --dist loadscope $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## The fast tier (pytest -m unit): policy, config, simulator, estimators; no Redis, no terraform

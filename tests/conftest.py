@@ -80,6 +80,28 @@ def rabbitmq() -> Iterator[RabbitBroker]:
         node.stop()
 
 
+# Files whose tests are long and share neither a costly fixture nor a Redis db: pytest-xdist (`make test`)
+# spreads them over its processes one test at a time. Every other file runs in one process, so its module
+# fixtures start once and its db number (on a server TEST_REDIS_PORT names, too) has one user at a time.
+SPREAD = {"test_terraform_apply", "test_terraform_static"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's by-file scheduling (``--dist loadscope``), each test of a ``SPREAD`` file a scope of its own.
+
+    (``xdist_group`` marks would say the same, but pytest-xdist 3.8 cannot rename pytest 9's node ids.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).stem in SPREAD else path
+
+    return ByFile(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis_db(n): the Redis db number a test owns")
 

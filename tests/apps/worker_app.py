@@ -32,7 +32,12 @@ app = Celery("worker_app", broker=BROKER_URL)
 app.conf.update(
     task_default_queue=QUEUE,
     task_time_limit=_env_float("SAFE_TIME_LIMIT_S"),
-    broker_transport_options={"visibility_timeout": _env_float("SAFE_VISIBILITY_TIMEOUT_S") or 3600.0},
+    # kombu scans for messages past their visibility timeout on every 10th 10 s sweep (about 100 s
+    # apart); every sweep here, so a redelivery a test waits for never hangs on one missed scan.
+    broker_transport_options={
+        "visibility_timeout": _env_float("SAFE_VISIBILITY_TIMEOUT_S") or 3600.0,
+        "unacked_restore_throttle": 1,
+    },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
