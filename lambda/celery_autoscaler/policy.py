@@ -20,9 +20,9 @@ The rule, per pool (c = concurrency x target_utilisation slots per worker):
            spread of one standard deviation (R' from the median arrival rate):
            K = L + max(work / max(drain_time_s, W - D), (work + R' H + sqrt(2 R' s H)) / (W + H)),
            where L is what the long-task floor above finds beyond R' (slots long tasks hold serve
-           no backlog; 0 without the floor); K is below R when the wait budget allows a queue;
-           if W < s (waits from coincidences, not from
-           a queue), at least Erlang C's fewest N with C(N, R) x exp(-(N - R) W / s) <= 0.05
+           no backlog; 0 without the floor); K is below R when the wait budget allows a queue; if
+           W < s (waits from coincidences, not from a queue), at least Erlang C's fewest N with
+           C(N, R) x exp(-(N - R) W / s) <= 0.05
   need     slots / c workers; without a run time yet: (waiting + in-flight) /
            tasks_per_worker, as before (one slot per task), but no more than current while
            asked-for workers still start
