@@ -342,19 +342,25 @@ def test_capacity_still_starting_is_not_sized_twice(
     assert again.desired <= raise_.desired + 1, (raise_.reason, again.reason)
 
 
+def steady_estimator(rate: float, run_s: float, waiting: int, in_flight: int) -> EstimatorState:
+    """The estimators after seven ticks 15 s apart at ``rate`` tasks/s of ``run_s`` each, the last at t = 985
+    with 1,000 tasks done (counters) and ``waiting`` + ``in_flight`` on the broker."""
+    return EstimatorState(
+        at=985.0,
+        completed=1000,
+        run_seconds=1000 * run_s,
+        backlog=waiting + in_flight,
+        waiting=waiting,
+        rates=tuple((985.0 - 15 * i, rate) for i in range(7)),
+        run_sum=100 * run_s,
+        count_sum=100.0,
+    )
+
+
 def test_worked_example_of_the_readme() -> None:
     """The worked example of docs/how-it-scales.md by hand: 2 tasks/s of 2 s, 4 workers of 2 slots, 300 waiting."""
     pool = replace(POOL, concurrency=2, max_workers=50, scale_in_window_s=30)
-    estimator = EstimatorState(
-        at=985.0,
-        completed=1000,
-        run_seconds=2000.0,
-        backlog=12,
-        waiting=4,
-        rates=tuple((985.0 - 15 * i, 2.0) for i in range(7)),
-        run_sum=200.0,
-        count_sum=100.0,
-    )
+    estimator = steady_estimator(rate=2.0, run_s=2.0, waiting=4, in_flight=8)
     load = PoolLoad(300, 8, 8, 9.0, 1000.0, completed=1030, run_seconds=2060.0)
     measurements = PoolMeasurements(current_desired=4, running=4, load=load)
     decision = decide(measurements, pool, PoolState(estimator=estimator), 1000.0)
@@ -385,16 +391,7 @@ def test_a_wait_target_adds_the_slots_long_tasks_hold_to_what_drains_the_backlog
     """A burst's long tasks fill every slot and hardly finish: with a wait target those slots serve no
     backlog, so they come on top of the slots that drain it (cron-long missed its target without this)."""
     pool = replace(POOL, concurrency=2, max_workers=100, wait_target_s=275.0, start_delay_s=55.0)
-    estimator = EstimatorState(
-        at=985.0,
-        completed=1000,
-        run_seconds=8500.0,
-        backlog=560,
-        waiting=500,
-        rates=tuple((985.0 - 15 * i, 0.12) for i in range(7)),
-        run_sum=85.0,
-        count_sum=10.0,
-    )
+    estimator = steady_estimator(rate=0.12, run_s=8.5, waiting=500, in_flight=60)
 
     def tick(finished: int) -> Decision:
         load = PoolLoad(500, 60, 60, 120.0, 1000.0, completed=1000 + finished, run_seconds=8500.0 + 8.5 * finished)

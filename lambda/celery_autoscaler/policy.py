@@ -187,7 +187,7 @@ def _need(
         return need, text
     rate = estimates.arrival_rate
     offered = rate * run_s if rate is not None else 0.0
-    held = 0.0
+    held_slots = 0.0
     if estimates.source != "counters" or rate is None:
         offered = max(offered, float(in_flight))  # without counters, busy slots are the load we know
     elif (
@@ -198,8 +198,8 @@ def _need(
         # Every slot busy with a queue behind, and the busy slots do not turn over: long tasks still
         # running are load the completions' run time does not show yet. Less a noise margin, so a
         # steady pool's busy moments do not count.
-        held = in_flight - math.sqrt(in_flight) - pool.concurrency
-        offered = max(offered, held)
+        held_slots = in_flight - math.sqrt(in_flight) - pool.concurrency
+        offered = max(offered, held_slots)
     # Until the capacity asked for arrives (the start delay; for workers already starting, what is left
     # of it), the running workers' spare slots drain the backlog and a shortfall adds to it. Asking
     # again while they start projects to the same moment, so that growth is not sized twice.
@@ -215,7 +215,7 @@ def _need(
         slots = base + work / pool.drain_time_s
         terms = f"over {pool.drain_time_s:g} s; ({base:.1f} + {work / pool.drain_time_s:.1f})"
     else:
-        slots, terms = _wait_slots(pool.wait_target_s, work, run_s, estimates, pool, offered, held)
+        slots, terms = _wait_slots(pool.wait_target_s, work, run_s, estimates, pool, offered, held_slots)
         base = slots
     need = slots / per_worker
     text = (
@@ -245,7 +245,7 @@ def _wait_slots(
     estimates: Estimates,
     pool: PoolConfig,
     offered: float,
-    held: float,
+    held_slots: float,
 ) -> tuple[float, str]:
     """Slots for a wait target W: the fewest K whose projected queue keeps the wait under W over the
     horizon H = D (how long until a correction asked for now runs).
@@ -256,7 +256,7 @@ def _wait_slots(
     K >= (work + R H + spread) / (W + H) keeps the last arrival of the horizon under W, and
     K >= work / max(drain_time_s, W - D) lets the backlog's tasks, which wait a start for it, drain in time.
     R here is the median rate (a minute ahead it predicts better than the quick one). Slots that
-    long tasks hold (``held``, the long-task floor) beyond R serve none of that, so they come on top:
+    long tasks hold (``held_slots``, the long-task floor) beyond R serve none of that, so they come on top:
     without them a burst's long tasks fill the fleet and its backlog waits a run time. A target
     shorter than a run time is waits from coincidences, not from a queue: then also Erlang C's.
     """
@@ -264,7 +264,7 @@ def _wait_slots(
     horizon_s = estimates.start_delay_s
     spread = BETA * math.sqrt(2.0 * steady * run_s * horizon_s)
     drain_s = max(pool.drain_time_s, wait_s - estimates.start_delay_s)
-    long_held = max(0.0, held - steady)
+    long_held = max(0.0, held_slots - steady)
     slots = long_held + max(work / drain_s, (work + steady * horizon_s + spread) / (wait_s + horizon_s))
     terms = (
         f"for wait {wait_s:g} s over H {horizon_s:.0f} s: {long_held:.1f} held + max({work:.0f} / {drain_s:.0f} s, "

@@ -252,7 +252,7 @@ def run(
     )
     actuator = DemoActuator(EcsActuator(config.cluster, ecs), runner, {s: p for p, s in pools.items()})
     probe = probe_for(config.broker, url)
-    drainer = drainer_for(config.broker, url)  # fence and drain, as the Lambda (none on RabbitMQ)
+    drainer = drainer_for(config.broker, url)  # fence and drain, as the Lambda
     store = DynamoStateStore(config.state_table or "", boto3.client("dynamodb"))
     scaler_log = (out / "scaler.jsonl").open("w")  # the scaler's own JSON lines, as CloudWatch would get them
     telemetry = Telemetry(config.metrics_namespace, stream=scaler_log)

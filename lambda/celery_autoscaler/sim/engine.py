@@ -182,6 +182,14 @@ def schedules(policy: SimPolicy, settings: SimSettings, horizon_s: float, rng: r
         start += settings.invocation_period_s
 
 
+def ticks(plans: Iterator[TickSchedule]) -> Iterator[tuple[TickSchedule, Tick]]:
+    """Every tick of the schedules in turn, with its schedule (the caller reports each with ``ran``
+    before asking for the next, so a follow-up it asks for comes next)."""
+    for schedule in plans:
+        while (tick := schedule.next()) is not None:
+            yield schedule, tick
+
+
 def run_pool(
     enqueue_s: list[float],
     service_s: list[float],
@@ -207,9 +215,8 @@ def run_pool(
     drain_idle = settings.drain_idle_s
     delay_rng = random.Random(f"{seed}:start-delay")
     victim_rng = random.Random(f"{seed}:victims")
-    plans = schedules(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}"))
-    schedule: TickSchedule | None = next(plans, None)
-    tick: Tick | None = schedule.next() if schedule is not None else None
+    stream = ticks(schedules(policy, settings, horizon_s, random.Random(f"{seed}:ticks:{policy.name}")))
+    due = next(stream, None)
 
     waits = [-1.0] * n
     heap: list[tuple[float, int, int]] = []
@@ -436,7 +443,7 @@ def run_pool(
 
     i = 0
     ta = enqueue_s[0] if n else _INF
-    tk = tick.at if tick is not None else _INF
+    tk = due[1].at if due is not None else _INF
     while True:
         th = heap[0][0] if heap else _INF
         if ta <= th and ta <= tk:
@@ -513,7 +520,7 @@ def run_pool(
                 push(heap, (t + 60.0, _SAMPLE, 0))
         else:
             t = tk
-            if t >= horizon_s or schedule is None or tick is None:
+            if t >= horizon_s or due is None:
                 break
             in_flight = n_reserved + n_running if sees_running else n_reserved
             age_at = None if settings.age_lag_s is None else t - settings.age_lag_s
@@ -538,12 +545,10 @@ def run_pool(
                 reconcile(t)
             elif blocked:
                 reconcile(t)
+            schedule, tick = due
             schedule.ran(tick, t, (pool.name,) if pending_drain else ())
-            tick = schedule.next()
-            while tick is None and schedule is not None:
-                schedule = next(plans, None)
-                tick = schedule.next() if schedule is not None else None
-            tk = tick.at if tick is not None else _INF
+            due = next(stream, None)
+            tk = due[1].at if due is not None else _INF
 
     area += pending * (horizon_s - last_t)
     for j in range(n):
